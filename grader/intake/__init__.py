@@ -1,0 +1,91 @@
+"""Intake: turn a submission (.ipynb, .py, .zip or folder) into code the sandbox can run."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grader.intake.code import REQUIRED_CLASSES, CodeUnit, extract
+from grader.intake.naming import student_id_from_name
+from grader.intake.sources import IntakeError, SourceFiles, extract_zip, read_folder, read_notebook, read_python
+
+__all__ = ["IntakeError", "Submission", "load_submission", "REQUIRED_CLASSES", "content_digest"]
+
+
+@dataclass
+class Submission:
+    """Everything the grader needs from one student's submission."""
+
+    student_id: str
+    path: str
+    code: str
+    units: list[CodeUnit]
+    answers: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    digest: str = ""
+
+    @property
+    def defined_classes(self) -> list[str]:
+        import ast
+
+        return [n.name for n in ast.parse(self.code).body if isinstance(n, ast.ClassDef)] if self.code else []
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 over a file, or over a folder's files and relative names (for resume)."""
+    digest = hashlib.sha256()
+    paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    for item in paths:
+        digest.update(str(item.relative_to(path) if path.is_dir() else item.name).encode())
+        with open(item, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> SourceFiles:
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return read_folder(path)
+    if suffix == ".ipynb":
+        return read_notebook(path)
+    if suffix == ".py":
+        return read_python(path)
+    if suffix == ".zip":
+        with tempfile.TemporaryDirectory(prefix="vitgrade-zip-") as tmp:
+            return read_folder(extract_zip(path, Path(tmp)))
+    raise IntakeError(f"{path.name}: unsupported file type {suffix or '(none)'}; submit a .ipynb, .py or .zip")
+
+
+def load_submission(path: str | Path, student_id: str | None = None, id_pattern: str | None = None) -> Submission:
+    """Read one submission; raise IntakeError with a student-readable message if it is unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise IntakeError(f"{path} does not exist")
+    if path.is_symlink() and not path.resolve().exists():
+        raise IntakeError(f"{path.name} is a broken symbolic link")
+    found = _read(path)
+    extracted = extract(found.units, found.local_modules)
+    dropped = sum(u.dropped for u in extracted.units)
+    warnings = found.warnings + extracted.warnings
+    if not extracted.code.strip():
+        raise IntakeError(f"{path.name}: no class or function definitions found in the code")
+    submission = Submission(
+        student_id=student_id or student_id_from_name(path, id_pattern),
+        path=str(path),
+        code=extracted.code,
+        units=extracted.units,
+        answers=found.answers,
+        warnings=warnings,
+        files=found.files,
+        digest=content_digest(path),
+    )
+    if dropped:
+        submission.warnings.append(
+            f"{dropped} top-level statements (training loops, downloads, prints, magics) were not run; "
+            "only imports, definitions and simple constants are"
+        )
+    return submission

@@ -1,0 +1,188 @@
+"""Read submission files safely: notebooks, Python files, zip archives and folders."""
+
+from __future__ import annotations
+
+import json
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from grader.intake.code import REQUIRED_CLASSES, CodeUnit
+
+MAX_FILE_BYTES = 50 * 1024**2  # a notebook with many plots stays well below this
+MAX_ZIP_TOTAL_BYTES = 200 * 1024**2
+MAX_ZIP_MEMBERS = 2000
+MAX_ZIP_RATIO = 200  # uncompressed / compressed; text compresses ~5-10x, bombs 1000x+
+TASK_TAGS = ("task1", "task2", "task3")
+IGNORED_PARTS = {"__MACOSX", ".ipynb_checkpoints", "__pycache__", ".git"}
+
+
+class IntakeError(Exception):
+    """The submission cannot be read; the message is shown to the student as is."""
+
+
+@dataclass
+class SourceFiles:
+    """What a submission contributes: code units, tagged answers and warnings."""
+
+    units: list[CodeUnit] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    local_modules: frozenset[str] = frozenset()
+
+
+def read_text(path: Path) -> str:
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise IntakeError(f"{path.name} is {size / 1024**2:.0f} MB, over the {MAX_FILE_BYTES // 1024**2} MB limit")
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise IntakeError(f"{path.name} is a binary file, not a notebook or Python source")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IntakeError(f"{path.name} is not UTF-8 text (byte {exc.start})") from None
+
+
+def read_notebook(path: Path) -> SourceFiles:
+    text = read_text(path)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IntakeError(f"{path.name} is not a valid notebook: JSON error at line {exc.lineno}, column {exc.colno}") from None
+    if not isinstance(raw, dict) or "cells" not in raw and "worksheets" not in raw:
+        raise IntakeError(f"{path.name} is JSON but not a Jupyter notebook (no cells)")
+    try:
+        nb = nbformat.reads(text, as_version=4)  # upgrades nbformat 3 notebooks
+    except Exception as exc:  # nbformat raises several types for malformed notebooks
+        raise IntakeError(f"{path.name} is not a readable notebook: {exc}") from None
+    found = SourceFiles(files=[path.name])
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        found.warnings.append(f"{path.name} does not fully follow the notebook format ({exc.message}); read anyway")
+    for index, cell in enumerate(nb.cells, start=1):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        tags = cell.get("metadata", {}).get("tags", []) or []
+        for tag in tags:
+            if tag in TASK_TAGS or str(tag).startswith(tuple(f"{t}-" for t in TASK_TAGS)):
+                previous = found.answers.get(tag)
+                found.answers[tag] = f"{previous}\n\n{source}" if previous else source
+        if cell.get("cell_type") == "code" and source.strip():
+            found.units.append(CodeUnit(origin=f"{path.name} cell {index}", source=source))
+    if not found.units:
+        raise IntakeError(f"{path.name} has no code cells")
+    return found
+
+
+def read_python(path: Path) -> SourceFiles:
+    text = read_text(path)
+    if not text.strip():
+        raise IntakeError(f"{path.name} is empty")
+    # Split on "# %%" cell markers (VS Code / Jupytext), so one broken cell does not sink the file.
+    chunks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.startswith("# %%") and chunks[-1]:
+            chunks.append([])
+        chunks[-1].append(line)
+    units = [
+        CodeUnit(origin=f"{path.name}" if len(chunks) == 1 else f"{path.name} cell {i}", source="\n".join(c))
+        for i, c in enumerate(chunks, start=1)
+    ]
+    return SourceFiles(units=units, files=[path.name])
+
+
+def extract_zip(archive: Path, into: Path) -> Path:
+    """Extract `archive` below `into`, refusing traversal, links, bombs and oversize archives."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise IntakeError(f"{archive.name} is not a readable zip archive ({exc})") from None
+    with zf:
+        members = zf.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise IntakeError(f"{archive.name} holds {len(members)} entries, over the limit of {MAX_ZIP_MEMBERS}")
+        total = sum(m.file_size for m in members)
+        compressed = max(1, sum(m.compress_size for m in members))
+        if total > MAX_ZIP_TOTAL_BYTES:
+            raise IntakeError(f"{archive.name} unpacks to {total / 1024**2:.0f} MB, over the limit")
+        if total > 1024**2 and total / compressed > MAX_ZIP_RATIO:
+            raise IntakeError(f"{archive.name} looks like a zip bomb (compression ratio {total / compressed:.0f}:1)")
+        root = into.resolve()
+        for member in members:
+            name = member.filename
+            target = (root / name).resolve()
+            if name.startswith(("/", "\\")) or ".." in Path(name).parts or not target.is_relative_to(root):
+                raise IntakeError(f"{archive.name} contains an unsafe path: {name!r}")
+            if stat.S_ISLNK(member.external_attr >> 16):
+                raise IntakeError(f"{archive.name} contains a symbolic link: {name!r}")
+        written = 0
+        for member in members:
+            if member.is_dir():
+                continue
+            target = root / member.filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Count real bytes, not the sizes the archive claims.
+            with zf.open(member) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > MAX_ZIP_TOTAL_BYTES:
+                        raise IntakeError(f"{archive.name} unpacks to more than its declared size; refused")
+                    dst.write(chunk)
+    return root
+
+
+def _score_notebook(path: Path) -> tuple[int, float, str]:
+    """Rank candidates: most required classes defined, then newest, then name."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")[:MAX_FILE_BYTES]
+    except OSError:
+        text = ""
+    defined = sum(f"class {name}" in text for name in REQUIRED_CLASSES)
+    return defined, path.stat().st_mtime, path.name
+
+
+def read_folder(folder: Path) -> SourceFiles:
+    """Pick the submission inside a folder (documented in the README's intake section).
+
+    One notebook: that one. Several: the one defining the most required classes, then the newest;
+    the others are named in a warning. No notebook: every .py file, in name order.
+    """
+    warnings: list[str] = []
+    notebooks: list[Path] = []
+    scripts: list[Path] = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if IGNORED_PARTS & set(relative.parts) or any(p.startswith("._") for p in relative.parts):
+            continue
+        if path.is_symlink():
+            warnings.append(f"{relative} is a symbolic link and was ignored")
+            continue
+        if path.suffix.lower() == ".ipynb" and path.is_file():
+            notebooks.append(path)
+        elif path.suffix.lower() == ".py" and path.is_file():
+            scripts.append(path)
+    if notebooks:
+        chosen = max(notebooks, key=_score_notebook)
+        if len(notebooks) > 1:
+            others = ", ".join(str(p.relative_to(folder)) for p in notebooks if p != chosen)
+            warnings.append(
+                f"{len(notebooks)} notebooks found; graded {chosen.relative_to(folder)} (defines the most "
+                f"required classes, then newest); ignored: {others}"
+            )
+        found = read_notebook(chosen)
+    elif scripts:
+        found = SourceFiles(local_modules=frozenset(p.stem for p in scripts))
+        for script in scripts:
+            part = read_python(script)
+            found.units += part.units
+            found.files += [str(script.relative_to(folder))]
+    else:
+        raise IntakeError(f"{folder.name} contains no notebook (.ipynb) or Python (.py) file")
+    found.warnings = warnings + found.warnings
+    return found

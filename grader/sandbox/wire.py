@@ -1,0 +1,103 @@
+"""The worker protocol's framing: a JSON header plus raw `.npy` arrays, never pickle.
+
+One message = MAGIC, header length (uint32), UTF-8 JSON header, then the arrays the header lists
+(name and byte length each), each in numpy's `.npy` format and loaded with `allow_pickle=False`.
+This file is also copied into the sandbox, so it imports only the standard library and numpy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import struct
+import time
+
+import numpy as np
+
+MAGIC = b"VGW1"
+MAX_HEADER_BYTES = 4 * 1024**2
+ALLOWED_KINDS = set("biuf")  # bool, signed, unsigned, float: no objects, strings or structs
+
+
+class ProtocolError(Exception):
+    """A message that is malformed, too large, or does not arrive in time."""
+
+
+def encode(header: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    blobs = []
+    listing = []
+    for name, array in (arrays or {}).items():
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        blobs.append(buffer.getvalue())
+        listing.append([name, len(blobs[-1])])
+    body = json.dumps({**header, "arrays": listing}).encode()
+    return MAGIC + struct.pack("<I", len(body)) + body + b"".join(blobs)
+
+
+def write_message(fd: int, header: dict, arrays: dict[str, np.ndarray] | None = None,
+                  deadline: float | None = None) -> None:
+    data = memoryview(encode(header, arrays))
+    while data:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
+                raise TimeoutError("the other side stopped reading")
+        try:
+            written = os.write(fd, data[: 1 << 16])
+        except BlockingIOError:  # a non-blocking pipe that is full: wait again
+            continue
+        data = data[written:]
+
+
+def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
+    chunks = []
+    remaining = size
+    while remaining:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise TimeoutError("no reply in time")
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            raise EOFError("the other side closed the channel")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_message(fd: int, deadline: float | None = None, max_bytes: int = 1 << 31) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read one message; raise ProtocolError on anything malformed, TimeoutError, EOFError."""
+    prefix = _read_exact(fd, 8, deadline)
+    if prefix[:4] != MAGIC:
+        raise ProtocolError(f"bad message start {prefix[:4]!r}")
+    (header_len,) = struct.unpack("<I", prefix[4:])
+    if header_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"message header of {header_len} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(_read_exact(fd, header_len, deadline))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"message header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("arrays", []), list):
+        raise ProtocolError("message header is not an object with an array listing")
+    listing = header.pop("arrays", [])
+    try:
+        sizes = [(str(name), int(size)) for name, size in listing]
+    except (TypeError, ValueError):
+        raise ProtocolError("malformed array listing") from None
+    total = sum(size for _, size in sizes)
+    if any(size < 0 for _, size in sizes) or total > max_bytes:
+        raise ProtocolError(f"message announces {total} bytes of arrays, over the limit of {max_bytes}")
+    arrays = {}
+    for name, size in sizes:
+        raw = _read_exact(fd, size, deadline)
+        try:
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+        except Exception as exc:  # numpy raises ValueError, OSError, EOFError... for bad bytes
+            raise ProtocolError(f"array {name!r} is not a valid .npy blob ({exc})") from None
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in ALLOWED_KINDS:
+            raise ProtocolError(f"array {name!r} has a disallowed dtype")
+        arrays[name] = array
+    return header, arrays

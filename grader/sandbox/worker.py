@@ -1,0 +1,233 @@
+"""The sandboxed worker: runs student code and answers the parent's requests (child side).
+
+Started as `python -I worker.py IN_FD OUT_FD SITE_DIR...` inside the sandbox. It imports only
+the standard library, numpy, torch and the files bound next to it (`wire.py`, `trainer.py`); it
+never sees expected outputs, thresholds or labels: the parent computes every verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Worker:
+    def __init__(self, in_fd: int, out_fd: int):
+        import numpy as np
+        import torch
+
+        import wire
+
+        self.np, self.torch, self.wire = np, torch, wire
+        self.in_fd, self.out_fd = in_fd, out_fd
+        self.module: types.ModuleType | None = None
+        self.objects: dict[str, torch.nn.Module] = {}
+        self.forbidden_calls: dict[str, int] = {}
+        self._watch_forbidden()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _watch_forbidden(self) -> None:
+        """Count calls of forbidden APIs (best effort: the parent's static check is the trusted one)."""
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        targets = [
+            (F, "scaled_dot_product_attention", "F.scaled_dot_product_attention"),
+            (nn.MultiheadAttention, "forward", "nn.MultiheadAttention"),
+            (nn.TransformerEncoderLayer, "forward", "nn.TransformerEncoderLayer"),
+            (nn.TransformerEncoder, "forward", "nn.TransformerEncoder"),
+        ]
+
+        def counted(label, original):
+            def wrapper(*args, **kwargs):
+                self.forbidden_calls[label] = self.forbidden_calls.get(label, 0) + 1
+                return original(*args, **kwargs)
+
+            return wrapper
+
+        for owner, attr, label in targets:
+            setattr(owner, attr, counted(label, getattr(owner, attr)))
+
+    def tensor(self, array, dtype=None):
+        t = self.torch.from_numpy(self.np.ascontiguousarray(array))
+        return t.to(dtype=dtype or self.dtype, device=self.device) if t.is_floating_point() else t.to(self.device)
+
+    def array(self, value):
+        if not isinstance(value, self.torch.Tensor):
+            raise TypeError(f"expected a tensor, got {type(value).__name__}")
+        value = value.detach().cpu()
+        return value.double().numpy() if value.is_floating_point() else value.numpy()
+
+    @property
+    def dtype(self):
+        return getattr(self, "_dtype", self.torch.float64)
+
+    @property
+    def device(self):
+        return getattr(self, "_device", "cpu")
+
+    def reply(self, header: dict, arrays: dict | None = None) -> None:
+        header = {"ok": True, "forbidden_calls": dict(self.forbidden_calls), **header}
+        self.wire.write_message(self.out_fd, header, arrays)
+
+    def serve(self) -> None:
+        self.reply({"ready": True, "torch": self.torch.__version__, "cuda": self.torch.cuda.is_available(),
+                    "python": sys.version.split()[0]})
+        while True:
+            try:
+                header, arrays = self.wire.read_message(self.in_fd)
+            except EOFError:
+                return
+            op = header.get("op", "")
+            handler = getattr(self, f"op_{op}", None)
+            try:
+                if handler is None:
+                    raise ValueError(f"unknown request {op!r}")
+                result, out_arrays = handler(header, arrays)
+                self.reply(result, out_arrays)
+            except BaseException as exc:  # noqa: BLE001 - student code may raise anything, even SystemExit
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+                self.wire.write_message(self.out_fd, {
+                    "ok": False, "error": type(exc).__name__, "message": str(exc)[:2000],
+                    "traceback": "".join(frames)[-4000:], "forbidden_calls": dict(self.forbidden_calls)})
+
+    # -- requests ---------------------------------------------------------------------------
+    def op_setup(self, header, arrays):
+        self._dtype = getattr(self.torch, header.get("dtype", "float64"))
+        self._device = header.get("device", "cpu")
+        if header.get("threads"):
+            self.torch.set_num_threads(int(header["threads"]))
+        return {}, None
+
+    def op_load(self, header, arrays):
+        """Execute the submission's kept code as module `submission`."""
+        module = types.ModuleType("submission")
+        module.__file__ = "submission.py"
+        sys.modules["submission"] = module
+        exec(compile(header["code"], "submission.py", "exec"), module.__dict__)
+        self.module = module
+        classes = [name for name, value in vars(module).items() if isinstance(value, type)
+                   and issubclass(value, self.torch.nn.Module) and value.__module__ == "submission"]
+        return {"classes": classes}, None
+
+    def op_build(self, header, arrays):
+        cls = getattr(self.module, header["class"], None)
+        if cls is None:
+            raise NameError(f"class {header['class']} is not defined")
+        self.torch.manual_seed(int(header.get("seed", 0)))
+        obj = cls(*header.get("args", []), **header.get("kwargs", {}))
+        if not isinstance(obj, self.torch.nn.Module):
+            raise TypeError(f"{header['class']}(...) is not a torch.nn.Module")
+        obj = obj.to(device=self.device, dtype=self.dtype)
+        self.objects[header["handle"]] = obj
+        params = [{"name": n, "shape": list(p.shape), "owner": type(self._owner(obj, n)).__name__}
+                  for n, p in obj.named_parameters()]
+        modules = [{"name": n, "type": type(m).__name__} for n, m in obj.named_modules() if n]
+        return {"params": params, "modules": modules}, None
+
+    @staticmethod
+    def _owner(obj, param_name):
+        path = param_name.rsplit(".", 1)[0] if "." in param_name else ""
+        return obj.get_submodule(path) if path else obj
+
+    def op_set_params(self, header, arrays):
+        obj = self.objects[header["handle"]]
+        params = dict(obj.named_parameters())
+        with self.torch.no_grad():
+            for name, value in arrays.items():
+                if name not in params:
+                    raise KeyError(f"no parameter named {name}")
+                target = params[name]
+                if tuple(target.shape) != value.shape:
+                    raise ValueError(f"{name}: shape {tuple(target.shape)} != {value.shape}")
+                target.copy_(self.tensor(value, dtype=target.dtype))
+        return {}, None
+
+    def op_randomize(self, header, arrays):
+        """Give every parameter seeded random values (zeros-initialised ones included)."""
+        obj = self.objects[header["handle"]]
+        generator = self.torch.Generator().manual_seed(int(header.get("seed", 0)))
+        with self.torch.no_grad():
+            for _, p in obj.named_parameters():
+                p.copy_(self.torch.randn(p.shape, generator=generator, dtype=self.torch.float64) * header.get("std", 0.1))
+        return {}, None
+
+    def op_forward(self, header, arrays):
+        """Run forward (and optionally backward); capture module inputs/outputs and attributes."""
+        obj = self.objects[header["handle"]]
+        obj.train(bool(header.get("train", False)))
+        capture = set(header.get("capture", []))
+        trace = bool(header.get("trace", False))
+        calls, captured, hooks = [], {}, []
+        named = dict(obj.named_modules())
+
+        def make_hook(name, module):
+            def hook(mod, inputs, output):
+                first_in = inputs[0] if inputs and isinstance(inputs[0], self.torch.Tensor) else None
+                if trace:
+                    calls.append({"name": name, "type": type(mod).__name__,
+                                  "in": list(first_in.shape) if first_in is not None else None,
+                                  "out": list(output.shape) if isinstance(output, self.torch.Tensor) else None})
+                if name in capture:
+                    if first_in is not None:
+                        captured.setdefault(f"in:{name}", self.array(first_in))
+                    if isinstance(output, self.torch.Tensor):
+                        captured.setdefault(f"out:{name}", self.array(output))
+            return hook
+
+        if trace or capture:
+            for name, module in named.items():
+                if name and (trace or name in capture):
+                    hooks.append(module.register_forward_hook(make_hook(name, module)))
+        x = self.tensor(arrays["x"])
+        if header.get("grad"):
+            x.requires_grad_(bool(header.get("input_grad", False)))
+        grad_ctx = self.torch.enable_grad() if header.get("grad") else self.torch.no_grad()
+        try:
+            with grad_ctx:
+                out = obj(x)
+                if not isinstance(out, self.torch.Tensor):
+                    raise TypeError(f"forward returned {type(out).__name__}, expected a tensor")
+                result = {"y": self.array(out)}
+                if header.get("grad"):
+                    obj.zero_grad(set_to_none=True)
+                    out.backward(self.tensor(arrays["grad_out"]))
+                    for name, p in obj.named_parameters():
+                        if p.grad is not None:
+                            result[f"grad:{name}"] = self.array(p.grad)
+        finally:
+            for h in hooks:
+                h.remove()
+        for path in header.get("attrs", []):
+            value = obj
+            for part in path.split("."):
+                value = getattr(value, part, None)
+            if isinstance(value, self.torch.Tensor):
+                result[f"attr:{path}"] = self.array(value)
+        result.update(captured)
+        return {"calls": calls}, result
+
+    def op_train(self, header, arrays):
+        import trainer
+
+        model = self.objects[header["handle"]]
+        outcome = trainer.train_and_predict(model, arrays, header["recipe"], device=self.device)
+        return outcome.header, outcome.arrays
+
+
+def main() -> None:
+    in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
+    sys.path[:0] = [HERE]
+    sys.path += [p for p in sys.argv[3:] if p not in sys.path]
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    Worker(in_fd, out_fd).serve()
+
+
+if __name__ == "__main__":
+    main()
