@@ -1,0 +1,47 @@
+"""The checks, in report order. Each takes a GradingContext and returns an Outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from grader.checks import equivalence, load, props, shapes, static
+from grader.checks.context import GradingContext, Outcome
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    run: Callable[[GradingContext], Outcome]
+    needs_worker: bool = True
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("load.code", "Code found and parsed", load.check_code, needs_worker=False),
+    Check("load.definitions", "Required classes defined and executable", load.check_definitions),
+    Check("static.forbidden", "No forbidden modules or APIs", static.check_forbidden),
+    Check("shapes.fnn", "FNN output shape", shapes.check_fnn),
+    Check("shapes.self_attention", "SelfAttention output and attention-weight shapes", shapes.check_self_attention),
+    Check("shapes.encoder_layer", "TransformerEncoderLayer output shape", shapes.check_encoder_layer),
+    Check("shapes.vit", "ViT shape at every stage of the handout's table", shapes.check_vit),
+    Check("shapes.vit_config", "ViT shapes in a non-default configuration", shapes.check_vit_config),
+    Check("props.attention_softmax", "Attention weights are a softmax over keys", props.check_attention_softmax),
+    Check("props.permutation_equivariance", "SelfAttention is permutation-equivariant",
+          props.check_permutation_equivariance),
+    Check("props.batch_independence", "Images in a batch do not affect each other", props.check_batch_independence),
+    Check("props.gradients", "Every parameter receives a gradient", props.check_gradients),
+    Check("props.determinism", "Eval mode is deterministic", props.check_determinism),
+    Check("equiv.fnn", "FNN computes the reference function", equivalence.check_fnn),
+    Check("equiv.self_attention", "SelfAttention computes the reference function", equivalence.check_self_attention),
+    Check("equiv.attention_weights", "Stored attention weights match the reference",
+          equivalence.check_attention_weights),
+    Check("equiv.encoder_layer", "TransformerEncoderLayer computes the reference function",
+          equivalence.check_encoder_layer),
+    Check("equiv.vit", "ViT computes the reference function", equivalence.check_vit),
+)
+# static.forbidden also reports forbidden calls seen at run time, so it is evaluated last.
+EVALUATE_LAST = ("static.forbidden",)
+CHECK_IDS = tuple(c.id for c in CHECKS)
+
+__all__ = ["CHECKS", "CHECK_IDS", "EVALUATE_LAST", "Check", "GradingContext", "Outcome"]

@@ -1,0 +1,140 @@
+"""What every check works with: the submission, its sandbox, the rubric, and shared findings."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from grader.checks.mapping import Param, Recipe, parse_params
+from grader.intake import Submission
+from grader.rubric import Rubric, Tolerance
+from grader.sandbox import Reply, Sandbox, SandboxError
+
+Status = Literal["passed", "failed", "error", "skipped", "manual"]
+
+
+@dataclass
+class Outcome:
+    """What a check found; the runner adds id, title and points from the rubric."""
+
+    status: Status
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def passed(cls, message: str = "", **details: Any) -> Outcome:
+        return cls("passed", message, details)
+
+    @classmethod
+    def failed(cls, message: str, **details: Any) -> Outcome:
+        return cls("failed", message, details)
+
+    @classmethod
+    def skipped(cls, message: str, **details: Any) -> Outcome:
+        return cls("skipped", message, details)
+
+
+class CheckFailed(Exception):
+    """Raised inside a check to end it as failed with a message (e.g. the class is missing)."""
+
+
+@dataclass
+class Built:
+    handle: str
+    params: list[Param]
+    modules: list[dict]
+
+
+def describe_error(error: SandboxError) -> str:
+    """A student-facing sentence for an exception raised by their code or a worker failure."""
+    if "NotImplementedError" in error.message:
+        return "not implemented yet (NotImplementedError)"
+    return error.message
+
+
+@dataclass
+class Comparison:
+    close: bool
+    max_abs: float
+    max_rel: float
+    tolerance: Tolerance
+    message: str = ""
+
+    def as_details(self) -> dict[str, Any]:
+        return {"max_abs_error": self.max_abs, "max_rel_error": self.max_rel,
+                "rtol": self.tolerance.rtol, "atol": self.tolerance.atol}
+
+
+class GradingContext:
+    """Shared state for one submission's checks. Only the parent holds expected values."""
+
+    def __init__(self, submission: Submission, sandbox: Sandbox, rubric: Rubric):
+        self.submission = submission
+        self.sandbox = sandbox
+        self.rubric = rubric
+        self.classes: list[str] = []
+        self.recipes: dict[str, Recipe] = {}
+        self.notes: dict[str, Any] = {}
+        self._handles = itertools.count()
+
+    @property
+    def precision(self) -> str:
+        return self.sandbox.dtype
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return self.rubric.tolerances[self.precision]
+
+    @property
+    def timeout(self) -> float:
+        return float(self.rubric.limits["request_timeout"])
+
+    def request(self, op: str, header: dict | None = None, arrays: dict[str, np.ndarray] | None = None) -> Reply:
+        return self.sandbox.request(op, header, arrays, timeout=self.timeout)
+
+    def require_class(self, name: str) -> None:
+        if name not in self.classes:
+            raise CheckFailed(f"class {name} is not defined")
+
+    def build(self, class_name: str, args: list | None = None, kwargs: dict | None = None, seed: int = 0) -> Built:
+        """Instantiate a student class in the sandbox; a student exception fails the check."""
+        self.require_class(class_name)
+        handle = f"{class_name}-{next(self._handles)}"
+        call = f"{class_name}({', '.join([*map(repr, args or []), *(f'{k}={v!r}' for k, v in (kwargs or {}).items())])})"
+        try:
+            reply = self.request("build", {"handle": handle, "class": class_name, "args": args or [],
+                                           "kwargs": kwargs or {}, "seed": seed})
+        except SandboxError as error:
+            if error.worker_died:
+                raise
+            raise CheckFailed(f"{call} raised {describe_error(error)}") from None
+        return Built(handle, parse_params(reply.header["params"]), reply.header["modules"])
+
+    def forward(self, built: Built, x: np.ndarray, what: str, **options: Any) -> Reply:
+        """Run forward in the sandbox; a student exception fails the check with `what` in the message."""
+        arrays = {"x": x, **options.pop("arrays", {})}
+        try:
+            return self.request("forward", {"handle": built.handle, **options}, arrays)
+        except SandboxError as error:
+            if error.worker_died:
+                raise
+            raise CheckFailed(f"{what} raised {describe_error(error)}") from None
+
+    def set_params(self, built: Built, values: dict[str, np.ndarray]) -> None:
+        self.request("set_params", {"handle": built.handle}, values)
+
+    def compare(self, actual: np.ndarray, expected: np.ndarray) -> Comparison:
+        tol = self.tolerance
+        if actual.shape != expected.shape:
+            return Comparison(False, float("inf"), float("inf"), tol,
+                              f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+        if not np.all(np.isfinite(actual)):
+            return Comparison(False, float("inf"), float("inf"), tol, "output contains NaN or infinity")
+        diff = np.abs(actual - expected)
+        max_abs = float(diff.max(initial=0.0))
+        max_rel = float((diff / np.maximum(np.abs(expected), 1e-12)).max(initial=0.0))
+        close = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(expected)))
+        return Comparison(close, max_abs, max_rel, tol)

@@ -1,0 +1,356 @@
+"""Map reference weights into a student's modules, whatever the student named or split them.
+
+A *recipe* turns the reference state dict of one component into values for the student's own
+parameters. For each component we list candidate recipes, most plausible first (names as in the
+handout, then role hints in the names, then declaration order); the equivalence check tries them
+until one reproduces the reference output, and reports which one did.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reference.vit import ViTConfig
+
+State = dict[str, np.ndarray]
+MAX_CANDIDATES = 64
+LINEAR_OWNERS = {"Linear", "LazyLinear", "NonDynamicallyQuantizableLinear"}
+ROLE_TOKENS = {
+    "q": {"q", "query", "queries", "wq", "toq"},
+    "k": {"k", "key", "keys", "wk", "tok"},
+    "v": {"v", "value", "values", "wv", "tov"},
+    "out": {"out", "o", "wo", "output", "proj", "projection"},
+    "qkv": {"qkv", "in", "inproj", "wqkv", "toqkv"},
+    "linear1": {"1", "fc1", "linear1", "up", "w1", "hidden", "l1"},
+    "linear2": {"2", "fc2", "linear2", "down", "w2", "l2"},
+}
+
+
+class MappingError(Exception):
+    """The student's parameters cannot hold the reference weights; the message says why."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    shape: tuple[int, ...]
+    owner: str  # class name of the module that holds the parameter
+
+    @property
+    def prefix(self) -> str:
+        return self.name.rsplit(".", 1)[0] if "." in self.name else ""
+
+    @property
+    def leaf(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+
+@dataclass
+class Recipe:
+    description: str
+    make: Callable[[State], State]
+    parts: dict[str, str] = field(default_factory=dict)  # role -> student module name, where known
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A weight matrix (Linear or raw parameter) and its bias, if any."""
+
+    weight: Param
+    bias: Param | None
+    order: int
+
+    @property
+    def is_linear(self) -> bool:
+        return self.weight.owner in LINEAR_OWNERS
+
+    @property
+    def tokens(self) -> set[str]:
+        words = re.split(r"[._\-]+", self.weight.name.lower())
+        words = [w for w in words if w not in ("weight", "bias", "")]
+        return set(words) | {re.sub(r"\d+", "", w) for w in words} | {w.replace("_", "") for w in words}
+
+
+def parse_params(raw: list[dict]) -> list[Param]:
+    return [Param(p["name"], tuple(p["shape"]), p.get("owner", "")) for p in raw]
+
+
+def weight_units(params: list[Param]) -> list[Unit]:
+    """Pair each weight of dimension >= 2 with the bias of the same module."""
+    by_name = {p.name: p for p in params}
+    units = []
+    for order, p in enumerate(params):
+        if len(p.shape) < 2 or p.owner in ("LayerNorm", "Conv2d"):
+            continue
+        bias = by_name.get(f"{p.prefix}.bias") if p.prefix and p.leaf == "weight" else None
+        units.append(Unit(p, bias, order))
+    return units
+
+
+def place(matrix: np.ndarray, unit: Unit, orientation: str) -> np.ndarray | None:
+    """Fit an (out, in) reference matrix into the unit's weight shape, or None if it cannot hold it."""
+    shape = unit.weight.shape
+    out_dim, in_dim = matrix.shape
+    if unit.is_linear or orientation == "out_in":
+        if shape == (out_dim, in_dim):
+            return matrix
+        if not unit.is_linear and shape[-1] == in_dim and math.prod(shape[:-1]) == out_dim:
+            return matrix.reshape(shape)
+        return None
+    # raw parameter used as x @ W: (in, out), possibly with the out axis split (e.g. (D, heads, Dh))
+    if shape[0] == in_dim and math.prod(shape[1:]) == out_dim:
+        return np.ascontiguousarray(matrix.T).reshape(shape)
+    return None
+
+
+def _fill(unit: Unit, matrix: np.ndarray, bias: np.ndarray | None, orientation: str, out: State) -> bool:
+    placed = place(matrix, unit, orientation)
+    if placed is None:
+        return False
+    out[unit.weight.name] = placed
+    if unit.bias is not None:
+        value = bias if bias is not None else np.zeros(matrix.shape[0])
+        if value.size != math.prod(unit.bias.shape):
+            return False
+        out[unit.bias.name] = value.reshape(unit.bias.shape)
+    return True
+
+
+def _hint_score(assignment: dict[str, Unit]) -> int:
+    return sum(role in ("q", "k", "v", "out", "qkv", "linear1", "linear2") and bool(unit.tokens & ROLE_TOKENS[role])
+               for role, unit in assignment.items())
+
+
+def _inversions(assignment: dict[str, Unit], role_order: list[str]) -> int:
+    orders = [assignment[r].order for r in role_order if r in assignment]
+    return sum(a > b for a, b in itertools.combinations(orders, 2))
+
+
+def assign_roles(units: list[Unit], roles: dict[str, tuple[int, int]]) -> list[dict[str, Unit]]:
+    """Injective role -> unit assignments consistent with shapes, most plausible first."""
+    role_names = list(roles)
+    options = {}
+    for role, (out_dim, in_dim) in roles.items():
+        probe = np.zeros((out_dim, in_dim))
+        options[role] = [u for u in units if any(place(probe, u, o) is not None for o in ("out_in", "in_out"))]
+    found = []
+    for combo in itertools.product(*(options[r] for r in role_names)):
+        if len({id(u) for u in combo}) == len(combo):
+            found.append(dict(zip(role_names, combo)))
+        if len(found) > 5000:
+            break
+    found.sort(key=lambda a: (-_hint_score(a), _inversions(a, role_names)))
+    return found
+
+
+def _orientations(units: list[Unit]) -> list[str]:
+    """Raw parameters may be stored (out, in) or (in, out); Linear weights are always (out, in)."""
+    return ["out_in"] if all(u.is_linear for u in units) else ["out_in", "in_out"]
+
+
+def _describe(assignment: dict[str, Unit]) -> str:
+    return ", ".join(f"{role}={unit.weight.prefix or unit.weight.name}" for role, unit in assignment.items())
+
+
+# -- FNN ------------------------------------------------------------------------------------
+def fnn_recipes(params: list[Param], config: ViTConfig) -> list[Recipe]:
+    d, f = config.dim_hidden, config.dim_feedforward
+    units = weight_units(params)
+    recipes = []
+    for assignment in assign_roles(units, {"linear1": (f, d), "linear2": (d, f)}):
+        for orientation in _orientations(list(assignment.values())):
+            def make(ref: State, a=assignment, o=orientation) -> State:
+                out: State = {}
+                _fill(a["linear1"], ref["linear1.weight"], ref["linear1.bias"], o, out)
+                _fill(a["linear2"], ref["linear2.weight"], ref["linear2.bias"], o, out)
+                return out
+            recipes.append(Recipe(f"{_describe(assignment)} ({orientation.replace('_', ', ')})", make))
+    return _finish(recipes, params, "two linear layers (dim_hidden -> dim_feedforward -> dim_hidden)")
+
+
+# -- SelfAttention ----------------------------------------------------------------------------
+AXES = {"s": "q/k/v", "h": "head", "d": "head dim"}
+
+
+def _qkv_blocks(ref: State, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w = ref["proj_in.weight"]  # (3D, D), rows ordered (q/k/v, head, head dim)
+    return w[:d], w[d : 2 * d], w[2 * d :]
+
+
+def attention_recipes(params: list[Param], config: ViTConfig) -> list[Recipe]:
+    d, h = config.dim_hidden, config.num_heads
+    dh = d // h
+    units = weight_units(params)
+    recipes: list[Recipe] = []
+
+    # 1. One fused projection: the handout's layout or another order of its (q/k/v, head, dim) axes.
+    for assignment in assign_roles(units, {"qkv": (3 * d, d), "out": (d, d)}):
+        for layout in itertools.permutations("shd"):
+            for orientation in _orientations(list(assignment.values())):
+                def make(ref: State, a=assignment, lay=layout, o=orientation) -> State:
+                    w = ref["proj_in.weight"].reshape(3, h, dh, d)
+                    w = w.transpose(*("shd".index(axis) for axis in lay), 3).reshape(3 * d, d)
+                    out: State = {}
+                    _fill(a["qkv"], w, None, o, out)
+                    _fill(a["out"], ref["proj_out.weight"], ref["proj_out.bias"], o, out)
+                    return out
+                label = "fused projection, rows ordered (" + ", ".join(AXES[x] for x in layout) + ")"
+                recipes.append(Recipe(f"{label}: {_describe(assignment)}", make))
+
+    # 2. Separate Q, K, V projections of the full width.
+    for assignment in assign_roles(units, {"q": (d, d), "k": (d, d), "v": (d, d), "out": (d, d)})[:24]:
+        for orientation in _orientations(list(assignment.values())):
+            def make(ref: State, a=assignment, o=orientation) -> State:
+                q, k, v = _qkv_blocks(ref, d)
+                out: State = {}
+                for role, matrix in (("q", q), ("k", k), ("v", v)):
+                    _fill(a[role], matrix, None, o, out)
+                _fill(a["out"], ref["proj_out.weight"], ref["proj_out.bias"], o, out)
+                return out
+            recipes.append(Recipe(f"separate q/k/v projections: {_describe(assignment)}", make))
+
+    # 3. One projection per head and role (a Python loop over heads).
+    head_units = [u for u in units if any(place(np.zeros((dh, d)), u, o) is not None for o in ("out_in", "in_out"))]
+    out_units = [u for u in units if u not in head_units and any(
+        place(np.zeros((d, d)), u, o) is not None for o in ("out_in", "in_out"))]
+    if len(head_units) == 3 * h and out_units:
+        for ordering, roles in _per_head_orderings(head_units, h):
+            def make(ref: State, roles=roles, o_unit=out_units[-1]) -> State:
+                q, k, v = _qkv_blocks(ref, d)
+                blocks = {"q": q, "k": k, "v": v}
+                out: State = {}
+                for unit, (role, head) in roles.items():
+                    _fill(unit, blocks[role][head * dh : (head + 1) * dh], None, "out_in", out)
+                _fill(o_unit, ref["proj_out.weight"], ref["proj_out.bias"], "out_in", out)
+                return out
+            recipes.append(Recipe(f"one projection per head and role ({ordering}), out={out_units[-1].weight.prefix}",
+                                  make))
+    return _finish(recipes, params, "Q/K/V projections and an output projection")
+
+
+def _per_head_orderings(units: list[Unit], heads: int) -> list[tuple[str, dict[Unit, tuple[str, int]]]]:
+    orderings = []
+    hinted = {}
+    for u in units:
+        roles = [r for r in ("q", "k", "v") if u.tokens & ROLE_TOKENS[r]]
+        numbers = re.findall(r"\d+", u.weight.name)
+        if len(roles) == 1 and numbers:
+            hinted[u] = (roles[0], int(numbers[-1]))
+    if len(hinted) == len(units) and len(set(hinted.values())) == len(units):
+        orderings.append(("by names", hinted))
+    ordered = sorted(units, key=lambda u: u.order)
+    orderings.append(("role-major order", {u: ("qkv"[i // heads], i % heads) for i, u in enumerate(ordered)}))
+    orderings.append(("head-major order", {u: ("qkv"[i % 3], i // 3) for i, u in enumerate(ordered)}))
+    return orderings
+
+
+# -- TransformerEncoderLayer ----------------------------------------------------------------
+def _sub_params(params: list[Param], prefix: str) -> list[Param]:
+    start = f"{prefix}."
+    return [Param(p.name[len(start):], p.shape, p.owner) for p in params if p.name.startswith(start)]
+
+
+def _sub_state(ref: State, prefix: str) -> State:
+    start = f"{prefix}."
+    return {k[len(start):]: v for k, v in ref.items() if k.startswith(start)}
+
+
+def _prefixed(state: State, prefix: str) -> State:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def find_modules(modules: list[dict], type_name: str) -> list[str]:
+    """Names of the outermost submodules of a given class, in registration order."""
+    names = [m["name"] for m in modules if m["type"] == type_name]
+    return [n for n in names if not any(n.startswith(f"{o}.") for o in names if o != n)]
+
+
+def layer_recipes(params: list[Param], modules: list[dict], config: ViTConfig,
+                  attention: Recipe, fnn: Recipe, classes: dict[str, str]) -> list[Recipe]:
+    attn_names = find_modules(modules, classes["SelfAttention"])
+    fnn_names = find_modules(modules, classes["FNN"])
+    if len(attn_names) != 1 or len(fnn_names) != 1:
+        raise MappingError(
+            f"expected TransformerEncoderLayer to hold one {classes['SelfAttention']} and one {classes['FNN']}, "
+            f"found {len(attn_names)} and {len(fnn_names)}")
+    attn_prefix, fnn_prefix = attn_names[0], fnn_names[0]
+    norms = [p for p in params if p.owner == "LayerNorm" and p.leaf == "weight"
+             and not p.name.startswith((f"{attn_prefix}.", f"{fnn_prefix}."))]
+    if len(norms) != 2:
+        raise MappingError(f"expected two LayerNorms in TransformerEncoderLayer, found {len(norms)}")
+    recipes = []
+    for first, second in (norms, norms[::-1]):
+        def make(ref: State, n1=first, n2=second) -> State:
+            out = _prefixed(attention.make(_sub_state(ref, "attention")), attn_prefix)
+            out |= _prefixed(fnn.make(_sub_state(ref, "fnn")), fnn_prefix)
+            for norm, ref_name in ((n1, "norm1"), (n2, "norm2")):
+                out[norm.name] = ref[f"{ref_name}.weight"]
+                out[f"{norm.prefix}.bias"] = ref[f"{ref_name}.bias"]
+            return out
+        recipes.append(Recipe(f"attention={attn_prefix}, fnn={fnn_prefix}, norm1={first.prefix}, norm2={second.prefix}",
+                              make))
+    return _finish(recipes, params, "attention, FNN and two LayerNorms")
+
+
+# -- ViT --------------------------------------------------------------------------------------
+def vit_recipe(params: list[Param], modules: list[dict], config: ViTConfig, layer: Recipe,
+               classes: dict[str, str]) -> Recipe:
+    d, p_size, n = config.dim_hidden, config.patch_size, config.num_patches + 1
+    layer_names = find_modules(modules, classes["TransformerEncoderLayer"])
+    if len(layer_names) != config.num_layers:
+        raise MappingError(f"found {len(layer_names)} {classes['TransformerEncoderLayer']} modules in ViT, "
+                           f"expected num_layers = {config.num_layers}")
+    outside = [p for p in params if not p.name.startswith(tuple(f"{name}." for name in layer_names))]
+    by_name = {p.name: p for p in outside}
+
+    def pick(description: str, condition: Callable[[Param], bool], hint: set[str] | None = None) -> Param:
+        found = [p for p in outside if condition(p)]
+        if hint and len(found) > 1:
+            found = [p for p in found if set(re.split(r"[._]", p.name.lower())) & hint] or found
+        if len(found) != 1:
+            raise MappingError(f"cannot identify the {description} ({len(found)} candidates)")
+        return found[0]
+
+    patch = pick(f"patch embedding (a Linear {3 * p_size**2} -> {d} or a Conv2d)",
+                 lambda p: p.leaf == "weight" and (p.shape == (d, 3 * p_size**2) and p.owner in LINEAR_OWNERS
+                                                   or p.shape == (d, 3, p_size, p_size)))
+    head = pick(f"classification head (a Linear {d} -> {config.num_classes})",
+                lambda p: p.leaf == "weight" and p.owner in LINEAR_OWNERS and p.shape == (config.num_classes, d))
+    norm = pick("final LayerNorm", lambda p: p.owner == "LayerNorm" and p.leaf == "weight")
+    pos = pick(f"position embedding ({n} x {d} values)",
+               lambda p: p.owner not in LINEAR_OWNERS | {"LayerNorm"} and math.prod(p.shape) == n * d)
+    cls = pick(f"class token ({d} values)",
+               lambda p: p.owner not in LINEAR_OWNERS | {"LayerNorm", "Conv2d"} and math.prod(p.shape) == d,
+               hint={"cls", "class", "token", "class_token", "cls_token"})
+
+    def make(ref: State) -> State:
+        out: State = {}
+        for i, name in enumerate(layer_names):
+            out |= _prefixed(layer.make(_sub_state(ref, f"layers.{i}")), name)
+        out[patch.name] = ref["patch_embed.weight"].reshape(patch.shape)  # Conv2d: (D, 3, P, P) = (D, c*y*x)
+        for student, reference in ((patch, "patch_embed"), (head, "linear"), (norm, "norm")):
+            if f"{student.prefix}.bias" in by_name:
+                out[f"{student.prefix}.bias"] = ref[f"{reference}.bias"]
+        out[head.name] = ref["linear.weight"]
+        out[norm.name] = ref["norm.weight"]
+        out[pos.name] = ref["pos_embed"].reshape(pos.shape)
+        out[cls.name] = ref["class_token"].reshape(cls.shape)
+        return out
+
+    recipe = Recipe(f"layers={','.join(layer_names)}; patch={patch.prefix}, class token={cls.name}, "
+                    f"position={pos.name}, norm={norm.prefix}, head={head.prefix}", make,
+                    parts={"patch": patch.prefix, "head": head.prefix, "norm": norm.prefix})
+    return _finish([recipe], params, "ViT parameters")[0]
+
+
+def _finish(recipes: list[Recipe], params: list[Param], what: str) -> list[Recipe]:
+    if not recipes:
+        shapes = ", ".join(f"{p.name} {list(p.shape)}" for p in params) or "no parameters"
+        raise MappingError(f"no way found to hold the reference's {what} in these parameters: {shapes}")
+    return recipes[:MAX_CANDIDATES]

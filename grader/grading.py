@@ -1,0 +1,141 @@
+"""Grade one submission end to end: intake, sandbox, every check, one Report."""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from pathlib import Path
+
+from grader import __version__
+from grader.checks import CHECKS, EVALUATE_LAST, Check
+from grader.checks.context import CheckFailed, GradingContext, Outcome
+from grader.intake import IntakeError, Submission, load_submission
+from grader.intake.naming import student_id_from_name
+from grader.report import CheckResult, Report
+from grader.rubric import Rubric, load_rubric
+from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
+
+FLOAT64_TROUBLE = ("Double", "Float", "dtype", "scalar type")
+
+
+def _limits(rubric: Rubric) -> Limits:
+    return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3))
+
+
+def _start(ctx: GradingContext) -> None:
+    """Start the worker and load the code, noting a load failure for load.definitions."""
+    try:
+        ctx.classes = ctx.sandbox.start().get("classes", [])
+    except SandboxError as error:
+        ctx.notes["load_error"] = error.message
+        ctx.notes["load_traceback"] = error.traceback
+
+
+def _needs_float32(ctx: GradingContext) -> str | None:
+    """Some submissions hard-code float32 tensors; probe once and fall back (with a warning)."""
+    if "ViT" not in ctx.classes:
+        return None
+    from grader.expected import random_input
+    from reference.vit import ViTConfig
+
+    try:
+        built = ctx.build("ViT")
+        ctx.forward(built, random_input("ViT", ViTConfig(), batch=1), "probe")
+    except CheckFailed as failure:
+        if any(word in str(failure) for word in FLOAT64_TROUBLE):
+            return str(failure)
+    except SandboxError:
+        return None
+    return None
+
+
+def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcome, float]:
+    started = time.monotonic()
+    if time.monotonic() > deadline:
+        return Outcome("error", "not run: the submission used up its time limit "
+                                f"({ctx.rubric.limits['submission_timeout']:.0f} s)"), 0.0
+    if check.needs_worker and check.id != "load.definitions" and ("load_error" in ctx.notes or not ctx.classes):
+        return Outcome.failed("not run: the code could not be loaded (see load.definitions)"), 0.0
+    try:
+        outcome = check.run(ctx)
+    except CheckFailed as failure:
+        outcome = Outcome.failed(str(failure))
+    except SandboxError as error:
+        what = {"timeout": "timed out", "memory": "ran out of memory", "crash": "crashed the worker",
+                "protocol": "broke the worker protocol"}.get(error.kind, "raised an exception")
+        outcome = Outcome("error", f"the submission {what}: {error.message}", {"kind": error.kind})
+    except Exception as exc:  # a grader bug must not sink the report; it is recorded, not hidden
+        outcome = Outcome("error", f"internal grader error ({type(exc).__name__}: {exc}); please report it",
+                          {"traceback": traceback.format_exc()[-3000:]})
+    return outcome, time.monotonic() - started
+
+
+def _result(check: Check, outcome: Outcome, rubric: Rubric) -> CheckResult:
+    max_points = rubric.points[check.id]
+    points = {"passed": max_points, "manual": None}.get(outcome.status, 0.0)
+    return CheckResult(check.id, check.title, outcome.status, points, max_points, outcome.message, outcome.details)
+
+
+def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_id: str | None = None,
+                     id_pattern: str | None = None, isolation: Isolation | None = None,
+                     timeout: float | None = None) -> Report:
+    """Grade one submission; always returns a well-formed Report (never raises for bad input)."""
+    rubric = rubric or load_rubric()
+    started = time.monotonic()
+    student = student_id or student_id_from_name(path, id_pattern)
+    try:
+        submission = load_submission(path, student, id_pattern)
+    except IntakeError as error:
+        return Report.failure(student, str(path), str(error), environment=environment())
+    timings = {"intake": time.monotonic() - started}
+    with Sandbox(submission.code, limits=_limits(rubric), isolation=isolation) as sandbox:
+        report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings)
+    timings["total"] = time.monotonic() - started
+    report.timings = {k: round(v, 3) for k, v in timings.items()}
+    return report
+
+
+def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeout: float,
+                timings: dict[str, float]) -> Report:
+    deadline = time.monotonic() + timeout
+    ctx = GradingContext(submission, sandbox, rubric)
+    warnings = list(submission.warnings)
+    started = time.monotonic()
+    _start(ctx)
+    timings["worker_start"] = time.monotonic() - started
+    trouble = _needs_float32(ctx)
+    if trouble:
+        sandbox.close()
+        sandbox.dtype = "float32"
+        _start(ctx)
+        warnings.append(f"compared in float32 with looser tolerances: the model does not run in float64 ({trouble})")
+    enabled = [c for c in CHECKS if rubric.enabled(c.id)]
+    outcomes: dict[str, Outcome] = {}
+    for check in sorted(enabled, key=lambda c: c.id in EVALUATE_LAST):
+        outcomes[check.id], seconds = _outcome(check, ctx, deadline)
+        timings[f"check:{check.id}"] = seconds
+    if sandbox.isolation != "bwrap":
+        warnings.append(f"sandbox isolation level '{sandbox.isolation}': student code was not fully isolated "
+                        "(install bubblewrap for full isolation)")
+    return Report(
+        student=submission.student_id,
+        submission=submission.path,
+        status="graded",
+        checks=[_result(c, outcomes[c.id], rubric) for c in enabled],
+        warnings=warnings,
+        sandbox={"isolation": sandbox.isolation, "network": sandbox.isolation == "none",
+                 "worker_starts": sandbox.stats.starts, "precision": sandbox.dtype,
+                 "memory_limit_gib": rubric.limits["memory_gib"]},
+        environment=environment(),
+        answers=submission.answers,
+        output=sandbox.output,
+        fingerprint={"submission": submission.digest, "rubric": rubric.digest, "grader": __version__},
+    )
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "grader_version": __version__}

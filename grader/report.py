@@ -1,0 +1,117 @@
+"""The report model: one CheckResult per check, one Report per student (report.json schema 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from grader import __version__
+
+SCHEMA_VERSION = 1
+CheckStatus = Literal["passed", "failed", "error", "skipped", "manual"]
+ReportStatus = Literal["graded", "error", "missing"]
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check; `points` is None until a person grades a manual check."""
+
+    id: str
+    title: str
+    status: CheckStatus
+    points: float | None
+    max_points: float
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> bool:
+        """Skipped checks count in neither score nor max_score."""
+        return self.status != "skipped"
+
+
+@dataclass
+class Report:
+    student: str
+    submission: str
+    status: ReportStatus
+    checks: list[CheckResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    answers: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    error: str = ""
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    grader_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def failure(cls, student: str, submission: str, message: str, status: ReportStatus = "error", **extra) -> Report:
+        """The well-formed report of a submission that could not be graded at all."""
+        return cls(student=student, submission=submission, status=status, error=message, **extra)
+
+    @property
+    def score(self) -> float:
+        return round(sum(c.points or 0.0 for c in self.checks if c.counts), 4)
+
+    @property
+    def max_score(self) -> float:
+        return round(sum(c.max_points for c in self.checks if c.counts), 4)
+
+    @property
+    def automatic_checks_passed(self) -> bool:
+        automatic = [c for c in self.checks if c.status not in ("skipped", "manual")]
+        return self.status == "graded" and all(c.status == "passed" for c in automatic)
+
+    @property
+    def return_code(self) -> int:
+        """Exit code of `vitgrade check`: 0 every automatic check passed, 1 otherwise."""
+        return 0 if self.automatic_checks_passed else 1
+
+    def check(self, check_id: str) -> CheckResult | None:
+        return next((c for c in self.checks if c.id == check_id), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        ordered = {"schema_version": self.schema_version, "student": self.student, "submission": self.submission,
+                   "status": self.status, "score": self.score, "max_score": self.max_score}
+        ordered.update({k: v for k, v in data.items() if k not in ordered})
+        return ordered
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        data = dict(data)
+        data.pop("score", None)
+        data.pop("max_score", None)
+        checks = [CheckResult(**c) for c in data.pop("checks", [])]
+        known = cls.__dataclass_fields__
+        return cls(checks=checks, **{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode() if isinstance(text, str) else text
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_report(path: Path) -> Report:
+    return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,110 @@
+"""Load and validate the rubric (points per check, tolerances, forbidden APIs, limits)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assignments import assignment_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_RUBRIC = assignment_dir() / "rubric.toml"
+SECTIONS = {"meta", "points", "tolerances", "forbidden", "limits", "accuracy", "tasks"}
+
+
+class RubricError(ValueError):
+    """The rubric file is invalid; the message names the file and the bad key."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+@dataclass
+class Rubric:
+    path: Path
+    points: dict[str, float]
+    tolerances: dict[str, Tolerance]
+    forbidden_modules: list[str]
+    forbidden_apis: list[str]
+    limits: dict[str, float]
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+
+    def enabled(self, check_id: str) -> bool:
+        return check_id in self.points
+
+
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise RubricError(f"{where}: {message}")
+
+
+def _number(value: Any, where: str, minimum: float = 0.0) -> float:
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool), where, f"expected a number, got {value!r}")
+    _require(value >= minimum, where, f"must be >= {minimum}, got {value}")
+    return float(value)
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    _require(isinstance(value, list) and all(isinstance(v, str) for v in value), where, "expected a list of strings")
+    return list(value)
+
+
+def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = None) -> Rubric:
+    """Read a rubric TOML file; raise RubricError naming the first bad key."""
+    path = Path(path) if path else DEFAULT_RUBRIC
+    try:
+        raw_bytes = path.read_bytes()
+        data = tomllib.loads(raw_bytes.decode("utf-8"))
+    except OSError as exc:
+        raise RubricError(f"{path}: cannot read ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RubricError(f"{path}: not valid TOML ({exc})") from None
+    for key in data:
+        _require(key in SECTIONS, f"{path}: [{key}]", f"unknown section (allowed: {', '.join(sorted(SECTIONS))})")
+    if known_checks is None:
+        from grader.checks import CHECK_IDS
+
+        known_checks = set(CHECK_IDS)
+    points = {}
+    for check_id, value in data.get("points", {}).items():
+        _require(check_id in known_checks, f"{path}: points.{check_id!r}", "unknown check id")
+        points[check_id] = _number(value, f"{path}: points.{check_id!r}")
+    _require(bool(points), f"{path}: [points]", "no check has points, so nothing would run")
+    tolerances = {}
+    for precision, spec in data.get("tolerances", {}).items():
+        where = f"{path}: tolerances.{precision}"
+        _require(precision in ("float64", "float32"), where, "unknown precision (allowed: float64, float32)")
+        _require(isinstance(spec, dict) and set(spec) == {"rtol", "atol"}, where, "expected { rtol = ..., atol = ... }")
+        tolerances[precision] = Tolerance(_number(spec["rtol"], f"{where}.rtol"), _number(spec["atol"], f"{where}.atol"))
+    for precision in ("float64", "float32"):
+        _require(precision in tolerances, f"{path}: tolerances.{precision}", "missing")
+    forbidden = data.get("forbidden", {})
+    for key in forbidden:
+        _require(key in ("modules", "apis"), f"{path}: forbidden.{key}", "unknown key (allowed: modules, apis)")
+    limits = {}
+    for key, value in data.get("limits", {}).items():
+        _require(key in ("request_timeout", "submission_timeout", "memory_gib"), f"{path}: limits.{key}", "unknown key")
+        limits[key] = _number(value, f"{path}: limits.{key}", minimum=1e-3)
+    return Rubric(
+        path=path,
+        points=points,
+        tolerances=tolerances,
+        forbidden_modules=_strings(forbidden.get("modules", []), f"{path}: forbidden.modules"),
+        forbidden_apis=_strings(forbidden.get("apis", []), f"{path}: forbidden.apis"),
+        limits={"request_timeout": 60.0, "submission_timeout": 600.0, "memory_gib": 6.0, **limits},
+        accuracy=dict(data.get("accuracy", {})),
+        tasks=dict(data.get("tasks", {})),
+        digest=hashlib.sha256(raw_bytes).hexdigest(),
+    )
