@@ -10,6 +10,7 @@ from pathlib import Path
 from grader import __version__
 from grader.checks import CHECKS, EVALUATE_LAST, Check
 from grader.checks.context import CheckFailed, GradingContext, Outcome
+from grader.checks.training import resolve_mode
 from grader.intake import IntakeError, Submission, load_submission
 from grader.intake.naming import student_id_from_name
 from grader.report import CheckResult, Report
@@ -19,8 +20,9 @@ from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
 FLOAT64_TROUBLE = ("Double", "Float", "dtype", "scalar type")
 
 
-def _limits(rubric: Rubric) -> Limits:
-    return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3))
+def _limits(rubric: Rubric, accuracy: str) -> Limits:
+    cuda = resolve_mode(accuracy) == "full" and rubric.enabled("train.accuracy")
+    return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3), cuda=cuda)
 
 
 def _start(ctx: GradingContext) -> None:
@@ -79,7 +81,7 @@ def _result(check: Check, outcome: Outcome, rubric: Rubric) -> CheckResult:
 
 def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_id: str | None = None,
                      id_pattern: str | None = None, isolation: Isolation | None = None,
-                     timeout: float | None = None) -> Report:
+                     timeout: float | None = None, accuracy: str = "auto", data_dir: str | Path | None = None) -> Report:
     """Grade one submission; always returns a well-formed Report (never raises for bad input)."""
     rubric = rubric or load_rubric()
     started = time.monotonic()
@@ -89,17 +91,20 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
     except IntakeError as error:
         return Report.failure(student, str(path), str(error), environment=environment())
     timings = {"intake": time.monotonic() - started}
-    with Sandbox(submission.code, limits=_limits(rubric), isolation=isolation) as sandbox:
-        report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings)
+    options = {"accuracy": accuracy, "data_dir": data_dir}
+    with Sandbox(submission.code, limits=_limits(rubric, accuracy), isolation=isolation) as sandbox:
+        report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings,
+                             options)
     timings["total"] = time.monotonic() - started
     report.timings = {k: round(v, 3) for k, v in timings.items()}
     return report
 
 
 def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeout: float,
-                timings: dict[str, float]) -> Report:
+                timings: dict[str, float], options: dict) -> Report:
     deadline = time.monotonic() + timeout
     ctx = GradingContext(submission, sandbox, rubric)
+    ctx.notes.update(options)
     warnings = list(submission.warnings)
     started = time.monotonic()
     _start(ctx)

@@ -61,6 +61,36 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
+ACCURACY_KEYS = {"config", "train_images", "test_images", "margin", "floor", "recipe"}
+RECIPE_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "warmup_epochs", "schedule",
+               "augment", "label_smoothing", "val_fraction", "seed", "compile", "max_seconds", "attention_images"}
+CONFIG_KEYS = {"num_classes", "img_size", "patch_size", "dim_hidden", "num_heads", "dim_feedforward", "num_layers"}
+
+
+def _accuracy_mode(spec: Any, where: str) -> dict[str, Any]:
+    _require(where.rsplit(".", 1)[-1] in ("quick", "full"), where, "unknown accuracy mode (allowed: quick, full)")
+    _require(isinstance(spec, dict), where, "expected a table")
+    for key in spec:
+        _require(key in ACCURACY_KEYS, f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(ACCURACY_KEYS))})")
+    for key in ("margin", "recipe"):
+        _require(key in spec, f"{where}.{key}", "missing")
+    _number(spec["margin"], f"{where}.margin")
+    _number(spec.get("floor", 0.0), f"{where}.floor")
+    for key in ("train_images", "test_images"):
+        if key in spec:
+            _number(spec[key], f"{where}.{key}", minimum=1)
+    for key, value in spec.get("config", {}).items():
+        _require(key in CONFIG_KEYS, f"{where}.config.{key}", "not a ViT constructor argument")
+        _number(value, f"{where}.config.{key}", minimum=1)
+    recipe = spec["recipe"]
+    _require(isinstance(recipe, dict), f"{where}.recipe", "expected a table")
+    for key in recipe:
+        _require(key in RECIPE_KEYS, f"{where}.recipe.{key}", f"unknown key (allowed: {', '.join(sorted(RECIPE_KEYS))})")
+    for key in ("epochs", "batch_size", "lr"):
+        _require(key in recipe, f"{where}.recipe.{key}", "missing")
+    return dict(spec)
+
+
 def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = None) -> Rubric:
     """Read a rubric TOML file; raise RubricError naming the first bad key."""
     path = Path(path) if path else DEFAULT_RUBRIC
@@ -93,6 +123,7 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
     forbidden = data.get("forbidden", {})
     for key in forbidden:
         _require(key in ("modules", "apis"), f"{path}: forbidden.{key}", "unknown key (allowed: modules, apis)")
+    accuracy = {mode: _accuracy_mode(spec, f"{path}: accuracy.{mode}") for mode, spec in data.get("accuracy", {}).items()}
     limits = {}
     for key, value in data.get("limits", {}).items():
         _require(key in ("request_timeout", "submission_timeout", "memory_gib"), f"{path}: limits.{key}", "unknown key")
@@ -104,7 +135,7 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         forbidden_modules=_strings(forbidden.get("modules", []), f"{path}: forbidden.modules"),
         forbidden_apis=_strings(forbidden.get("apis", []), f"{path}: forbidden.apis"),
         limits={"request_timeout": 60.0, "submission_timeout": 600.0, "memory_gib": 6.0, **limits},
-        accuracy=dict(data.get("accuracy", {})),
+        accuracy=accuracy,
         tasks=dict(data.get("tasks", {})),
         digest=hashlib.sha256(raw_bytes).hexdigest(),
     )

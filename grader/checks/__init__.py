@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from grader.checks import equivalence, load, props, shapes, static
+from grader.checks import equivalence, load, props, shapes, static, training
 from grader.checks.context import GradingContext, Outcome
 
 
@@ -39,6 +39,7 @@ CHECKS: tuple[Check, ...] = (
     Check("equiv.encoder_layer", "TransformerEncoderLayer computes the reference function",
           equivalence.check_encoder_layer),
     Check("equiv.vit", "ViT computes the reference function", equivalence.check_vit),
+    Check("train.accuracy", "The model learns: test accuracy after training", training.check_accuracy),
 )
 # static.forbidden also reports forbidden calls seen at run time, so it is evaluated last.
 EVALUATE_LAST = ("static.forbidden",)

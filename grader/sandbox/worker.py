@@ -217,7 +217,7 @@ class Worker:
         import trainer
 
         model = self.objects[header["handle"]]
-        outcome = trainer.train_and_predict(model, arrays, header["recipe"], device=self.device)
+        outcome = trainer.train_and_predict(model, arrays, header["recipe"], device=header.get("device", "cpu"))
         return outcome.header, outcome.arrays
 
 

@@ -1,1 +1,189 @@
-"""placeholder"""
+"""The training harness: one fast, device-agnostic trainer for the reference and for student models.
+
+The whole dataset lives on the device as one uint8 tensor; augmentation (random crop with
+padding, horizontal flip) and normalisation run on the device; large batches; autocast (bf16 where
+supported, fp16 with a gradient scaler otherwise on CUDA, fp32 on CPU); optional torch.compile with
+an eager fallback; evaluation in large batches. This file is also copied into the sandbox, so it
+imports only torch, numpy and the standard library. It never receives test labels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class TrainOutcome:
+    header: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 otherwise on CUDA, None (fp32) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class DeviceData:
+    """Images as one uint8 (N, 3, H, W) tensor on the device, augmented and normalised there."""
+
+    def __init__(self, images_nhwc: np.ndarray, device: torch.device, mean=CIFAR_MEAN, std=CIFAR_STD):
+        self.images = torch.from_numpy(np.ascontiguousarray(images_nhwc)).to(device).permute(0, 3, 1, 2).contiguous()
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, index: torch.Tensor, augment: bool, generator: torch.Generator | None = None,
+              pad: int = 4) -> torch.Tensor:
+        x = self.images[index].float()  # (B, 3, H, W) in 0..255
+        if augment:
+            b, _, h, w = x.shape
+            padded = F.pad(x, (pad, pad, pad, pad))  # zero padding, as torchvision's RandomCrop(padding=4)
+            dev = x.device
+            oy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+            ox = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+            rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+            cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+            batch_idx = torch.arange(b, device=dev)[:, None, None, None]
+            chan_idx = torch.arange(3, device=dev)[None, :, None, None]
+            x = padded[batch_idx, chan_idx, rows, cols]  # (B, 3, H, W)
+            flip = torch.rand(b, device=dev, generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return (x - self.mean) / self.std
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return base * 0.5 * (1 + math.cos(math.pi * progress))
+    return base
+
+
+def make_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.get("optimizer", "adamw") == "sgd":
+        return torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe.get("momentum", 0.0),
+                               weight_decay=recipe.get("weight_decay", 0.0))
+    return torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.05))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DeviceData, batch_size: int, amp: torch.dtype | None) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)), device=data.images.device)
+        with torch.autocast(data.images.device.type, dtype=amp, enabled=amp is not None):
+            out.append(model(data.batch(index, augment=False)).float())
+    return torch.cat(out)
+
+
+def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str = "cpu") -> TrainOutcome:
+    """Train `model` on arrays x_train/y_train (uint8 NHWC, int) and predict classes of x_test.
+
+    Recipe keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, warmup_epochs, schedule,
+    augment, label_smoothing, val_fraction, seed, compile, max_seconds, attention_images.
+    """
+    dev = torch.device(device)
+    torch.manual_seed(int(recipe.get("seed", 0)))
+    generator = torch.Generator(device=dev).manual_seed(int(recipe.get("seed", 0)))
+    model = model.to(device=dev, dtype=torch.float32)
+    x_all, y_all = arrays["x_train"], torch.from_numpy(arrays["y_train"].astype(np.int64)).to(dev)
+    n_val = int(len(x_all) * float(recipe.get("val_fraction", 0.1)))
+    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(int(recipe.get("seed", 0))))
+    val_idx, train_idx = order[:n_val].numpy(), order[n_val:].numpy()
+    train, val = DeviceData(x_all[train_idx], dev), DeviceData(x_all[val_idx], dev)
+    y_train, y_val = y_all[torch.from_numpy(train_idx).to(dev)], y_all[torch.from_numpy(val_idx).to(dev)]
+    test = DeviceData(arrays["x_test"], dev)
+
+    amp = autocast_dtype(dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    optimizer = make_optimizer(model, recipe)
+    step_model = model
+    if recipe.get("compile"):
+        try:
+            step_model = torch.compile(model)
+        except Exception:  # compile is an optimisation; eager always works
+            step_model = model
+    batch_size = int(recipe["batch_size"])
+    steps_per_epoch = max(1, len(train) // batch_size)
+    epochs = int(recipe["epochs"])
+    total_steps = epochs * steps_per_epoch
+    warmup = int(float(recipe.get("warmup_epochs", 0)) * steps_per_epoch)
+    max_seconds = float(recipe.get("max_seconds", 1e9))
+    history, images, stopped = [], 0, ""
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(train), device=dev, generator=generator)
+        losses = []
+        for i in range(steps_per_epoch):
+            index = perm[i * batch_size : (i + 1) * batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup, recipe["lr"], recipe.get("schedule", "cosine"))
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                logits = step_model(train.batch(index, recipe.get("augment", True), generator))
+                loss = F.cross_entropy(logits.float(), y_train[index],
+                                       label_smoothing=float(recipe.get("label_smoothing", 0.0)))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.detach())
+            images += len(index)
+            step += 1
+        train_loss = float(torch.stack(losses).mean())
+        if not math.isfinite(train_loss):
+            stopped = f"the training loss became {train_loss} in epoch {epoch + 1}"
+            break
+        val_loss = val_acc = float("nan")
+        if len(val):
+            logits = predict(model, val, 4 * batch_size, amp)
+            val_loss = float(F.cross_entropy(logits, y_val))
+            val_acc = float((logits.argmax(1) == y_val).float().mean())
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc})
+        if time.perf_counter() - started > max_seconds:
+            stopped = f"stopped after {epoch + 1} epochs: the time budget of {max_seconds:.0f} s was used up"
+            break
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    logits = predict(model, test, 4 * batch_size, amp)
+    arrays_out = {"predictions": logits.argmax(1).cpu().numpy().astype(np.int64)}
+    arrays_out.update(attention_of(model, test, int(recipe.get("attention_images", 0))))
+    header = {"history": history, "epochs_run": len(history), "train_seconds": seconds,
+              "images_per_second": images / seconds if seconds else 0.0, "device": str(dev),
+              "autocast": str(amp).replace("torch.", "") if amp else "float32", "stopped": stopped}
+    return TrainOutcome(header, arrays_out)
+
+
+@torch.no_grad()
+def attention_of(model: nn.Module, data: DeviceData, count: int) -> dict:
+    """Per-layer attention weights (B, heads, N, N) of the first `count` test images, if stored."""
+    if count <= 0 or not hasattr(model, "layers"):
+        return {}
+    model.eval()
+    index = torch.arange(min(count, len(data)), device=data.images.device)
+    model(data.batch(index, augment=False))
+    found = {}
+    for i, layer in enumerate(getattr(model, "layers", [])):
+        weights = getattr(getattr(layer, "attention", None), "attn_weights", None)
+        if isinstance(weights, torch.Tensor) and weights.dim() == 4:
+            found[f"attention:{i}"] = weights.float().cpu().numpy()
+    return found

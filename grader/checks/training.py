@@ -1,0 +1,81 @@
+"""train.accuracy: the student's own ViT, trained by the harness in the sandbox, reaches the pass mark.
+
+The child receives training images, training labels and test images, never test labels; it
+returns test predictions and the parent computes the accuracy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from grader.checks.context import CheckFailed, GradingContext, Outcome
+from grader.sandbox import SandboxError
+from grader.training.calibration import AccuracySpec, reference_accuracy
+from grader.training.data import DatasetMissing, find_dataset
+
+
+def resolve_mode(requested: str) -> str:
+    """`auto` means full with CUDA and quick without."""
+    if requested == "auto":
+        return "full" if torch.cuda.is_available() else "quick"
+    return requested
+
+
+def spec_for(ctx: GradingContext, mode: str) -> AccuracySpec:
+    section = ctx.rubric.accuracy.get(mode)
+    if not section:
+        raise CheckFailed(f"the rubric has no [accuracy.{mode}] section")
+    return AccuracySpec(mode=mode, config=dict(section.get("config", {})), train_images=section.get("train_images"),
+                        test_images=section.get("test_images"), margin=float(section["margin"]),
+                        floor=float(section.get("floor", 0.0)), recipe=dict(section["recipe"]))
+
+
+def check_accuracy(ctx: GradingContext) -> Outcome:
+    mode = resolve_mode(ctx.notes.get("accuracy", "auto"))
+    if mode == "off":
+        return Outcome.skipped("accuracy check turned off (--accuracy off)")
+    device = "cuda" if mode == "full" and torch.cuda.is_available() else "cpu"
+    if mode == "full" and device != "cuda":
+        return Outcome.skipped("--accuracy full needs a CUDA GPU; use --accuracy quick on a CPU")
+    try:
+        dataset = find_dataset(ctx.notes.get("data_dir"))
+    except DatasetMissing as missing:
+        return Outcome.skipped(f"no dataset: {missing}")
+    spec = spec_for(ctx, mode)
+    data = dataset.subset(spec.train_images, spec.test_images)
+    built = ctx.build("ViT", kwargs=spec.config)
+    timeout = float(spec.recipe.get("max_seconds", 600)) * 1.5 + 120
+    try:
+        reply = ctx.sandbox.request("train", {"handle": built.handle, "recipe": spec.recipe, "device": device},
+                                    {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test},
+                                    timeout=timeout)
+    except SandboxError as error:
+        if error.worker_died:
+            raise
+        raise CheckFailed(f"training raised {error.message}") from None
+    predictions = reply.arrays.get("predictions")
+    if predictions is None or predictions.shape != data.y_test.shape:
+        raise CheckFailed(f"training returned no prediction per test image "
+                          f"({None if predictions is None else predictions.shape} for {data.y_test.shape})")
+    accuracy = float(np.mean(predictions == data.y_test))
+    baseline, cached = reference_accuracy(dataset, spec, device)
+    threshold = max(spec.floor, baseline - spec.margin)
+    info = reply.header
+    ctx.notes["training"] = {"history": info.get("history", []),
+                             "attention": {k: v for k, v in reply.arrays.items() if k.startswith("attention:")}}
+    details = {
+        "accuracy": accuracy, "threshold": threshold, "reference_accuracy": baseline, "reference_cached": cached,
+        "margin": spec.margin, "floor": spec.floor, "mode": mode, "epochs": info.get("epochs_run"),
+        "device": info.get("device"), "images_per_second": info.get("images_per_second"),
+        "train_seconds": info.get("train_seconds"), "dataset": dataset.name, "synthetic_data": dataset.synthetic,
+        "train_images": len(data.x_train), "test_images": len(data.x_test), "history": info.get("history", []),
+    }
+    data_note = " (synthetic data)" if dataset.synthetic else ""
+    if info.get("stopped") and "time budget" not in info["stopped"]:
+        return Outcome.failed(f"training stopped: {info['stopped']}", **details)
+    summary = (f"test accuracy {accuracy:.1%} vs pass mark {threshold:.1%} (reference {baseline:.1%} - margin "
+               f"{spec.margin:.0%}), {mode} mode, {details['epochs']} epochs on {device}{data_note}")
+    if accuracy >= threshold:
+        return Outcome.passed(summary, **details)
+    return Outcome.failed(f"{summary}: the model does not learn well enough", **details)

@@ -1,0 +1,41 @@
+"""A readable terminal table of a report: check, status, points, message."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+from grader.report import Report
+
+SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP", "manual": "MANUAL"}
+
+
+def _points(points: float | None, max_points: float) -> str:
+    return f"{'-' if points is None else f'{points:g}'}/{max_points:g}"
+
+
+def render_table(report: Report, width: int | None = None) -> str:
+    width = width or min(shutil.get_terminal_size((120, 20)).columns, 160)
+    lines = [f"vitgrade report for {report.student} ({report.submission})"]
+    if report.status != "graded":
+        lines.append(f"status: {report.status.upper()}: {report.error}")
+        return "\n".join(lines)
+    id_width = max((len(c.id) for c in report.checks), default=10) + 2
+    message_width = max(30, width - id_width - 8 - 10)
+    lines.append(f"{'check':<{id_width}}{'status':<8}{'points':>8}  message")
+    lines.append("-" * min(width, id_width + 18 + message_width))
+    for check in report.checks:
+        message = textwrap.wrap(check.message, message_width) or [""]
+        lines.append(f"{check.id:<{id_width}}{SYMBOLS[check.status]:<8}{_points(check.points, check.max_points):>8}"
+                     f"  {message[0]}")
+        lines += [" " * (id_width + 18) + more for more in message[1:]]
+    lines.append("-" * min(width, id_width + 18 + message_width))
+    counts = {s: sum(c.status == s for c in report.checks) for s in SYMBOLS}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines.append(f"score {report.score:g} / {report.max_score:g}   ({summary})")
+    for warning in report.warnings:
+        lines.append(f"warning: {warning}")
+    isolation = report.sandbox.get("isolation")
+    if isolation and isolation != "bwrap":
+        lines.append(f"note: sandbox isolation '{isolation}' (bubblewrap not available)")
+    return "\n".join(lines)
