@@ -74,7 +74,7 @@ def token_variants(ref: State, patch_tokens: np.ndarray) -> dict[str, np.ndarray
         "the class token is appended after the patches; the handout puts it first":
             np.concatenate([patch_tokens, cls], 1) + pos,
         "the position embedding is added before the class token is prepended (the class token gets none)":
-            np.concatenate([cls, patch_tokens + pos[:, : patch_tokens.shape[1]]], 1),
+            np.concatenate([cls, patch_tokens + pos[:, 1:]], 1),
     }
 
 

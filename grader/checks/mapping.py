@@ -81,14 +81,28 @@ def parse_params(raw: list[dict]) -> list[Param]:
     return [Param(p["name"], tuple(p["shape"]), p.get("owner", "")) for p in raw]
 
 
+def _stem(name: str, drop: set[str]) -> str:
+    return "_".join(w for w in re.split(r"[._]+", name.lower()) if w and w not in drop)
+
+
+def _raw_bias(weight: Param, params: list[Param]) -> Param | None:
+    """For a raw weight such as `W_o`, the raw 1-D parameter named like it (`b_o`, `bias_o`)."""
+    stem = _stem(weight.leaf, {"w", "weight", "weights"})
+    found = [p for p in params if len(p.shape) == 1 and p.prefix == weight.prefix and p.owner == weight.owner
+             and _stem(p.leaf, {"b", "bias", "biases"}) == stem and p.leaf != weight.leaf]
+    return found[0] if len(found) == 1 else None
+
+
 def weight_units(params: list[Param]) -> list[Unit]:
-    """Pair each weight of dimension >= 2 with the bias of the same module."""
+    """Pair each weight of dimension >= 2 with the bias of the same module (or its raw twin)."""
     by_name = {p.name: p for p in params}
     units = []
     for order, p in enumerate(params):
         if len(p.shape) < 2 or p.owner in ("LayerNorm", "Conv2d"):
             continue
         bias = by_name.get(f"{p.prefix}.bias") if p.prefix and p.leaf == "weight" else None
+        if bias is None and p.owner not in LINEAR_OWNERS:
+            bias = _raw_bias(p, params)
         units.append(Unit(p, bias, order))
     return units
 
@@ -142,7 +156,7 @@ def assign_roles(units: list[Unit], roles: dict[str, tuple[int, int]]) -> list[d
     found = []
     for combo in itertools.product(*(options[r] for r in role_names)):
         if len({id(u) for u in combo}) == len(combo):
-            found.append(dict(zip(role_names, combo)))
+            found.append(dict(zip(role_names, combo, strict=True)))
         if len(found) > 5000:
             break
     found.sort(key=lambda a: (-_hint_score(a), _inversions(a, role_names)))

@@ -32,7 +32,8 @@ def check_attention_softmax(ctx: GradingContext) -> Outcome:
         raise CheckFailed(f"attn_weights {weights.shape} != expected {expected} (B, heads, N, N)")
     atol = SOFTMAX_ATOL[ctx.precision]
     if weights.min() < -atol:
-        raise CheckFailed(f"attn_weights has negative entries (min {weights.min():.3g}): stored before the softmax?")
+        raise CheckFailed(f"attn_weights has negative entries (min {weights.min():.3g}): the softmax is missing or "
+                          "the weights are stored before it")
     row_sums = weights.sum(axis=-1)
     worst = float(np.abs(row_sums - 1).max())
     if worst > atol * n:
@@ -78,14 +79,16 @@ def check_gradients(ctx: GradingContext) -> Outcome:
     x = random_input("ViT", config, batch=2)
     grad_out = np.random.default_rng(5).standard_normal((2, config.num_classes))
     reply = ctx.forward(built, x, "ViT forward and backward", grad=True, train=False, arrays={"grad_out": grad_out})
+    stats = reply.arrays.get("grad_stats")
+    if stats is None or stats.shape != (len(built.params), 3):
+        raise CheckFailed("the worker returned no gradient summary")
     missing, zero, nonfinite = [], [], []
-    for p in built.params:
-        grad = reply.arrays.get(f"grad:{p.name}")
-        if grad is None:
+    for p, (has_grad, largest, finite) in zip(built.params, stats, strict=True):
+        if not has_grad:
             missing.append(p.name)
-        elif not np.all(np.isfinite(grad)):
+        elif not finite or not np.isfinite(largest):
             nonfinite.append(p.name)
-        elif not np.any(grad):
+        elif largest == 0:
             zero.append(p.name)
     problems = []
     if missing:

@@ -56,6 +56,9 @@ def find_forbidden(code: str, modules: list[str], apis: list[str]) -> list[Findi
             api = forbidden_api(_resolve(node, aliases))
             if api:
                 findings.append(Finding(api, node.lineno))
+            elif node.attr in api_names and _resolve(node.value, aliases) not in ("self", ""):
+                # `F.scaled_dot_product_attention` where F's import is not in the graded code
+                findings.append(Finding(f"{_resolve(node.value, aliases)}.{node.attr}", node.lineno))
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             api = forbidden_api(aliases.get(node.id, ""))
             if api:

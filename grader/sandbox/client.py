@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -170,10 +171,8 @@ class Sandbox:
         if self._proc is not None:
             self._kill()
             for fd in (self._req_w, self._rep_r):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             for reader in (self._stdout, self._stderr):
                 if reader is not None:
                     reader.join(timeout=2)
@@ -184,22 +183,19 @@ class Sandbox:
             self._scratch = None
 
     def _kill(self) -> None:
+        """SIGKILL the process group and every descendant (found before killing, so none is missed)."""
         proc = self._proc
         if proc is None:
             return
         self._watch_stop.set()
         victims = process_tree(proc.pid)
-        for sig_target in [lambda: os.killpg(proc.pid, signal.SIGKILL)] + [
-            (lambda p=p: os.kill(p, signal.SIGKILL)) for p in victims
-        ]:
-            try:
-                sig_target()
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
     def _watch_memory(self, proc: subprocess.Popen, stop: threading.Event) -> None:
         """RSS watch over the process tree: the memory limit that also works with CUDA."""
@@ -267,10 +263,8 @@ class Sandbox:
     def _fail_dead(self, what: str):
         proc = self._proc
         if proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         code = proc.returncode if proc is not None else None
         if self._killed_for == "memory":
             self._fail("memory", f"{what}: memory limit of {self.limits.memory_bytes / 1024**3:.1f} GiB exceeded (killed)")

@@ -144,7 +144,7 @@ def _bwrap_prefix(limits: Limits) -> list[str]:
     args += ["--dir", SANDBOX_DIR]
     for name, path in worker_files().items():
         args += ["--ro-bind", str(path), f"{SANDBOX_DIR}/{name}"]
-    args += ["--chdir", "/tmp"]
+    args += ["--remount-ro", "/", "--chdir", "/tmp"]
     for key, value in environment(limits).items():
         args += ["--setenv", key, value]
     return args
@@ -158,9 +158,9 @@ def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int) -> 
     sites = library_dirs()
     if level == "bwrap":
         worker = f"{SANDBOX_DIR}/worker.py"
-        return _bwrap_prefix(limits) + [sys.executable, "-I", "-B", worker, str(in_fd), str(out_fd), *sites], None
+        return _bwrap_prefix(limits) + [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites], None
     worker = str(worker_files()["worker.py"])
-    command = [sys.executable, "-I", "-B", worker, str(in_fd), str(out_fd), *sites]
+    command = [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites]
     if level == "unshare":
         command = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
                    "--mount-proc", *command]

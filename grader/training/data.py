@@ -186,7 +186,7 @@ def write_batches(dataset: Dataset, root: Path) -> Path:
         with open(folder / name, "wb") as fh:
             pickle.dump(entry, fh)
 
-    for i, (x, y) in enumerate(zip(np.array_split(dataset.x_train, 5), np.array_split(dataset.y_train, 5)), start=1):
+    for i, (x, y) in enumerate(zip(np.array_split(dataset.x_train, 5), np.array_split(dataset.y_train, 5), strict=True), start=1):
         dump(f"data_batch_{i}", x, y)
     dump("test_batch", dataset.x_test, dataset.y_test)
     with open(folder / "batches.meta", "wb") as fh:

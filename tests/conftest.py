@@ -1,0 +1,39 @@
+"""Shared fixtures: the handout's verbatim classes, example paths, and quick graders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from assignments import assignment_dir
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EXAMPLES = assignment_dir() / "examples"
+HANDOUT_SOURCE = (FIXTURES / "handout_vit.py").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def handout():
+    """The handout's classes, imported from the verbatim fixture."""
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        import handout_vit
+    finally:
+        sys.path.remove(str(FIXTURES))
+    return handout_vit
+
+
+@pytest.fixture(scope="session")
+def rubric():
+    from grader.rubric import load_rubric
+
+    return load_rubric()
+
+
+@pytest.fixture(scope="session")
+def best_isolation() -> str:
+    from grader.sandbox import available_levels
+
+    return available_levels()[0]

@@ -1,0 +1,65 @@
+"""Every mutant fails the check that names its bug; every correct variant gets full marks."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from grader.grading import grade_submission
+
+from .corpus import MUTANTS, variants
+
+VARIANTS = variants()
+
+
+def _grade_all(tmp: Path, sources: dict[str, str | Path]) -> dict:
+    paths = {}
+    for name, source in sources.items():
+        if isinstance(source, Path):
+            paths[name] = source
+        else:
+            paths[name] = tmp / f"{name.replace(':', '_')}.py"
+            paths[name].write_text(source, encoding="utf-8")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two workers of one thread each on two cores
+        futures = {name: pool.submit(grade_submission, path, student_id=name, accuracy="off", threads=1)
+                   for name, path in paths.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    torch.set_num_threads(1)  # the parent's reference computations share the cores too
+    sources = {f"mutant:{mutant.name}": mutant.source() for mutant in MUTANTS}
+    sources.update({f"variant:{name}": source for name, source in VARIANTS.items()})
+    return _grade_all(tmp_path_factory.mktemp("corpus"), sources)
+
+
+def test_corpus_size():
+    assert len(MUTANTS) >= 25 and len(VARIANTS) >= 6
+
+
+pytestmark = pytest.mark.timeout(1200)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.name)
+def test_mutant_fails_with_a_message_that_points_at_the_bug(graded, mutant):
+    report = graded[f"mutant:{mutant.name}"]
+    assert report.status == "graded", report.error
+    check = report.check(mutant.check)
+    assert check is not None
+    assert check.status == "failed", f"{mutant.check} {check.status}: {check.message}"
+    assert mutant.words.lower() in check.message.lower(), check.message
+    assert report.score < report.max_score
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_correct_variant_gets_full_marks(graded, name):
+    report = graded[f"variant:{name}"]
+    assert report.status == "graded", report.error
+    failing = {c.id: c.message for c in report.checks if c.status not in ("passed", "skipped")}
+    assert failing == {}
+    assert report.score == report.max_score > 0
+    assert report.check("train.accuracy").status == "skipped"
