@@ -127,7 +127,7 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
     if sandbox.isolation != "bwrap":
         warnings.append(f"sandbox isolation level '{sandbox.isolation}': student code was not fully isolated "
                         "(install bubblewrap for full isolation)")
-    return Report(
+    report = Report(
         student=submission.student_id,
         submission=submission.path,
         status="graded",
@@ -139,8 +139,22 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
         environment=environment(),
         answers=submission.answers,
         output=sandbox.output,
-        fingerprint={"submission": submission.digest, "rubric": rubric.digest, "grader": __version__},
+        fingerprint={"submission": submission.digest, "rubric": rubric.digest, "grader": __version__,
+                     "accuracy": resolve_mode(ctx.notes.get("accuracy", "auto"))},
     )
+    report.attachments = _pictures(ctx.notes.get("training"))
+    return report
+
+
+def _pictures(training: dict | None) -> dict[str, bytes]:
+    """The training curve and the trained model's attention maps, when training ran."""
+    if not training:
+        return {}
+    from grader.render.figures import attention_png, training_curve_png
+
+    pictures = {"training.png": training_curve_png(training["history"]),
+                "attention.png": attention_png(training["images"], training["attention"])}
+    return {name: png for name, png in pictures.items() if png}
 
 
 def environment() -> dict[str, str]:

@@ -50,6 +50,8 @@ class Report:
     fingerprint: dict[str, str] = field(default_factory=dict)
     grader_version: str = __version__
     schema_version: int = SCHEMA_VERSION
+    # Pictures (file name -> PNG bytes) written beside the report; not part of report.json.
+    attachments: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def failure(cls, student: str, submission: str, message: str, status: ReportStatus = "error", **extra) -> Report:
@@ -78,7 +80,7 @@ class Report:
         return next((c for c in self.checks if c.id == check_id), None)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {k: v for k, v in asdict(self).items() if k != "attachments"}
         ordered = {"schema_version": self.schema_version, "student": self.student, "submission": self.submission,
                    "status": self.status, "score": self.score, "max_score": self.max_score}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
@@ -89,6 +91,7 @@ class Report:
         data = dict(data)
         data.pop("score", None)
         data.pop("max_score", None)
+        data.pop("attachments", None)
         checks = [CheckResult(**c) for c in data.pop("checks", [])]
         known = cls.__dataclass_fields__
         return cls(checks=checks, **{k: v for k, v in data.items() if k in known})

@@ -92,5 +92,5 @@ def plot_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str = "", al
     """Draw an un-normalised (H, W, 3) image with a (H, W) heatmap on top of it."""
     ax.imshow(image)
     ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.axis("off")

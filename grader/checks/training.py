@@ -62,8 +62,10 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
     baseline, cached = reference_accuracy(dataset, spec, device)
     threshold = max(spec.floor, baseline - spec.margin)
     info = reply.header
-    ctx.notes["training"] = {"history": info.get("history", []),
-                             "attention": {k: v for k, v in reply.arrays.items() if k.startswith("attention:")}}
+    attention = [reply.arrays[k] for k in sorted((k for k in reply.arrays if k.startswith("attention:")),
+                                                 key=lambda k: int(k.split(":")[1]))]
+    ctx.notes["training"] = {"history": info.get("history", []), "attention": attention,
+                             "images": data.x_test[: len(attention[0]) if attention else 0]}
     details = {
         "accuracy": accuracy, "threshold": threshold, "reference_accuracy": baseline, "reference_cached": cached,
         "margin": spec.margin, "floor": spec.floor, "mode": mode, "epochs": info.get("epochs_run"),

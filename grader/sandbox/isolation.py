@@ -88,13 +88,20 @@ def library_dirs() -> list[str]:
 
 
 def hidden_packages() -> list[str]:
-    """Directories of the grader and the reference solution, hidden from student code."""
-    hidden = []
-    for name in ("grader", "reference"):
+    """Every copy of the grader, the reference solution and the assignment files on the import path.
+
+    An installed copy and a source checkout can both exist; each is hidden from student code.
+    """
+    hidden = set()
+    for name in ("grader", "reference", "assignments"):
         spec = importlib.util.find_spec(name)
         if spec and spec.submodule_search_locations:
-            hidden += [str(Path(p).resolve()) for p in spec.submodule_search_locations]
-    return hidden
+            hidden |= {str(Path(p).resolve()) for p in spec.submodule_search_locations}
+        for entry in [*sys.path, *library_dirs()]:
+            candidate = Path(entry or ".") / name
+            if (candidate / "__init__.py").is_file():
+                hidden.add(str(candidate.resolve()))
+    return sorted(hidden)
 
 
 def environment(limits: Limits) -> dict[str, str]:

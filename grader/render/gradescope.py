@@ -1,0 +1,30 @@
+"""Gradescope's results.json (autograder specification): one test per check."""
+
+from __future__ import annotations
+
+import json
+
+from grader.report import Report
+
+VISIBILITY = "visible"
+
+
+def render_gradescope(report: Report) -> str:
+    if report.status != "graded":
+        return json.dumps({"score": 0.0, "output": f"The submission could not be graded: {report.error}",
+                           "visibility": VISIBILITY, "tests": []}, indent=2)
+    tests = []
+    for check in report.checks:
+        if check.status == "skipped":
+            continue  # counts in neither score nor max score, as in report.json
+        test = {"name": check.title, "number": check.id, "max_score": check.max_points,
+                "output": f"[{check.status}] {check.message}", "visibility": VISIBILITY,
+                "status": "passed" if check.status == "passed" else "failed"}
+        if check.points is not None:
+            test["score"] = check.points
+        tests.append(test)
+    skipped = [f"{c.id}: {c.message}" for c in report.checks if c.status == "skipped"]
+    output = "\n".join(["vitgrade " + report.grader_version, *report.warnings,
+                        *(f"skipped {line}" for line in skipped)])
+    return json.dumps({"score": report.score, "output": output, "visibility": VISIBILITY, "tests": tests,
+                       "extra_data": {"sandbox": report.sandbox}}, indent=2, ensure_ascii=False)

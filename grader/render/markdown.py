@@ -1,0 +1,34 @@
+"""report.md: the report as Markdown, for LMS comments and plain-text reading."""
+
+from __future__ import annotations
+
+from grader.report import Report
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report) -> str:
+    lines = [f"# vitgrade report: {report.student}", "", f"- submission: `{report.submission}`",
+             f"- status: **{report.status}**"]
+    if report.status != "graded":
+        lines += [f"- problem: {report.error}", ""]
+        return "\n".join(lines)
+    lines += [f"- score: **{report.score:g} / {report.max_score:g}**",
+              f"- sandbox: {report.sandbox.get('isolation', '?')}", "",
+              "| check | status | points | message |", "|---|---|---|---|"]
+    for c in report.checks:
+        points = "–" if c.points is None else f"{c.points:g}"
+        lines.append(f"| `{c.id}` | {c.status} | {points} / {c.max_points:g} | {_cell(c.message)} |")
+    if report.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
+    if report.answers:
+        lines += ["", "## Written answers", ""]
+        for tag, text in sorted(report.answers.items()):
+            lines += [f"### {tag}", "", text, ""]
+    for name in sorted(report.attachments):
+        lines += ["", f"![{name}]({name})"]
+    if report.output:
+        lines += ["", "## Output of your code while grading", "", "```", report.output[-20000:], "```"]
+    return "\n".join(lines) + "\n"
