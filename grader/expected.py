@@ -6,6 +6,7 @@ checks can also run from precomputed test vectors (the student bundle) instead o
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -36,8 +37,9 @@ def component_kwargs(kind: str, config: ViTConfig) -> dict:
     return config.kwargs() if kind == "ViT" else {}
 
 
+@functools.lru_cache(maxsize=16)
 def build_reference(kind: str, config: ViTConfig = DEFAULT, seed: int = 0) -> nn.Module:
-    """A float64 reference module whose every parameter is random and non-zero."""
+    """A float64 reference module whose every parameter is random and non-zero (cached: never mutate it)."""
     cls = {"FNN": FNN, "SelfAttention": SelfAttention, "TransformerEncoderLayer": TransformerEncoderLayer, "ViT": ViT}[kind]
     module = cls(*component_args(kind, config), **component_kwargs(kind, config)).double().eval()
     generator = torch.Generator().manual_seed(seed)
@@ -90,6 +92,12 @@ def run(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndar
 
 
 def vit_intermediates(model: ViT, x: np.ndarray) -> ViTIntermediates:
+    return _vit_intermediates(model, x.tobytes(), x.shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _vit_intermediates(model: ViT, data: bytes, shape: tuple[int, ...]) -> ViTIntermediates:
+    x = np.frombuffer(data, dtype=np.float64).reshape(shape).copy()
     with torch.no_grad():
         images = torch.from_numpy(x)
         patches = model.patchify(images)

@@ -11,7 +11,7 @@ from grader import __version__
 from grader.checks import CHECKS, EVALUATE_LAST, Check
 from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.checks.training import resolve_mode
-from grader.intake import IntakeError, Submission, load_submission
+from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
 from grader.report import CheckResult, Report
 from grader.rubric import Rubric, load_rubric
@@ -42,7 +42,7 @@ def _needs_float32(ctx: GradingContext) -> str | None:
     from reference.vit import ViTConfig
 
     try:
-        built = ctx.build("ViT")
+        built = ctx.shared("ViT", kwargs=ViTConfig().kwargs())
         ctx.forward(built, random_input("ViT", ViTConfig(), batch=1), "probe")
     except CheckFailed as failure:
         if any(word in str(failure) for word in FLOAT64_TROUBLE):
@@ -93,7 +93,8 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
     try:
         submission = load_submission(path, student, id_pattern)
     except IntakeError as error:
-        return Report.failure(student, str(path), str(error), environment=environment())
+        return Report.failure(student, str(path), str(error), environment=environment(),
+                              fingerprint=fingerprint(path, rubric, accuracy))
     timings = {"intake": time.monotonic() - started}
     options = {"accuracy": accuracy, "data_dir": data_dir}
     with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads), isolation=isolation) as sandbox:
@@ -139,8 +140,7 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
         environment=environment(),
         answers=submission.answers,
         output=sandbox.output,
-        fingerprint={"submission": submission.digest, "rubric": rubric.digest, "grader": __version__,
-                     "accuracy": resolve_mode(ctx.notes.get("accuracy", "auto"))},
+        fingerprint=fingerprint(Path(submission.path), rubric, ctx.notes.get("accuracy", "auto"), submission.digest),
     )
     report.attachments = _pictures(ctx.notes.get("training"))
     return report
@@ -155,6 +155,16 @@ def _pictures(training: dict | None) -> dict[str, bytes]:
     pictures = {"training.png": training_curve_png(training["history"]),
                 "attention.png": attention_png(training["images"], training["attention"])}
     return {name: png for name, png in pictures.items() if png}
+
+
+def fingerprint(path: str | Path, rubric: Rubric, accuracy: str, digest: str | None = None) -> dict[str, str]:
+    """What a report depends on: resume regrades a student when any of it changes."""
+    if digest is None:
+        try:
+            digest = content_digest(Path(path))
+        except OSError:
+            digest = "unreadable"
+    return {"submission": digest, "rubric": rubric.digest, "grader": __version__, "accuracy": resolve_mode(accuracy)}
 
 
 def environment() -> dict[str, str]:

@@ -46,6 +46,7 @@ class Built:
     handle: str
     params: list[Param]
     modules: list[dict]
+    weights: str = "initial"  # "initial", "random:<seed>" or "custom": skips redundant requests
 
 
 def describe_error(error: SandboxError) -> str:
@@ -79,6 +80,7 @@ class GradingContext:
         self.recipes: dict[str, Recipe] = {}
         self.notes: dict[str, Any] = {}
         self._handles = itertools.count()
+        self._shared: dict[str, Built] = {}
 
     @property
     def precision(self) -> str:
@@ -98,6 +100,14 @@ class GradingContext:
     def require_class(self, name: str) -> None:
         if name not in self.classes:
             raise CheckFailed(f"class {name} is not defined")
+
+    def shared(self, class_name: str, args: list | None = None, kwargs: dict | None = None) -> Built:
+        """A module built once per worker and reused by checks that set the weights they need
+        (building the default ViT in float64 is the costliest request)."""
+        key = repr((class_name, args, kwargs, self.sandbox.stats.starts))
+        if key not in self._shared:
+            self._shared[key] = self.build(class_name, args, kwargs)
+        return self._shared[key]
 
     def build(self, class_name: str, args: list | None = None, kwargs: dict | None = None, seed: int = 0) -> Built:
         """Instantiate a student class in the sandbox; a student exception fails the check."""
@@ -125,6 +135,14 @@ class GradingContext:
 
     def set_params(self, built: Built, values: dict[str, np.ndarray]) -> None:
         self.request("set_params", {"handle": built.handle}, values)
+        built.weights = "custom"
+
+    def randomize(self, built: Built, seed: int, std: float = 0.1) -> None:
+        """Seeded random values for every parameter (zero-initialised ones included)."""
+        state = f"random:{seed}:{std}"
+        if built.weights != state:
+            self.request("randomize", {"handle": built.handle, "seed": seed, "std": std})
+            built.weights = state
 
     def compare(self, actual: np.ndarray, expected: np.ndarray) -> Comparison:
         tol = self.tolerance

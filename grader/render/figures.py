@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from reference.attention_maps import attention_rollout, cls_attention, handout_heatmap, plot_overlay, upsample  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def to_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -36,7 +36,7 @@ def training_curve_png(history: list[dict]) -> bytes | None:
     acc_ax.set_ylabel("validation accuracy")
     acc_ax.set_ylim(0, 1)
     fig.suptitle("Training of your model by the grader")
-    return _png(fig)
+    return to_png(fig)
 
 
 def attention_png(images_nhwc: np.ndarray, attentions: list[np.ndarray]) -> bytes | None:
@@ -60,4 +60,27 @@ def attention_png(images_nhwc: np.ndarray, attentions: list[np.ndarray]) -> byte
         axes[row, 0].axis("off")
         for col, (title, grid) in enumerate(maps.items(), start=1):
             plot_overlay(axes[row, col], image, upsample(grid[row : row + 1], size)[0], title if row == 0 else "")
-    return _png(fig)
+    return to_png(fig)
+
+
+def score_histogram_png(scores: list[float], max_score: float) -> bytes | None:
+    if not scores:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(scores, bins=min(20, max(5, len(scores) // 3)), range=(0, max(max_score, 1)), color="tab:blue")
+    ax.set_xlabel("score")
+    ax.set_ylabel("students")
+    ax.set_title("Score distribution (graded submissions)")
+    return to_png(fig)
+
+
+def pass_rate_png(rates: dict[str, float]) -> bytes | None:
+    if not rates:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rates) + 1))
+    names = list(rates)[::-1]
+    ax.barh(names, [rates[n] for n in names], color="tab:green")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of graded submissions that passed")
+    ax.set_title("Pass rate per check: which mistakes the class made")
+    return to_png(fig)

@@ -1,0 +1,74 @@
+"""The gradebook (pandas) and the class summary page, rebuilt from the reports on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from grader.intake import IntakeError, load_submission
+from grader.intake.naming import safe_id
+from grader.report import Report, load_report, write_atomic
+from grader.rubric import Rubric
+
+ROSTER_COLUMNS = ("student_id", "id", "student", "sid")
+
+
+def read_roster(path: Path) -> list[str]:
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"roster {path}: cannot read it as CSV ({exc})") from None
+    column = next((c for c in table.columns if c.strip().lower() in ROSTER_COLUMNS), None)
+    if column is None:
+        raise ValueError(f"roster {path}: no column named one of {', '.join(ROSTER_COLUMNS)}")
+    return [safe_id(v) for v in table[column].dropna().astype(str)]
+
+
+def load_reports(out: Path) -> tuple[list[Report], list[str]]:
+    reports, problems = [], []
+    for path in sorted((out / "students").glob("*/report.json")):
+        try:
+            reports.append(load_report(path))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            problems.append(f"{path}: unreadable report ({exc}); regrade that student")
+    return reports, problems
+
+
+def gradebook_frame(reports: list[Report], check_ids: list[str]) -> pd.DataFrame:
+    rows = []
+    for report in reports:
+        row = {"student": report.student, "status": report.status, "score": report.score,
+               "max_score": report.max_score, "submission": report.submission}
+        for check in report.checks:
+            row[check.id] = check.points if check.status != "skipped" else None
+        rows.append(row)
+    columns = ["student", "status", "score", "max_score", *check_ids, "submission"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values("student", kind="stable").reset_index(drop=True)
+
+
+def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric) -> list[str]:
+    """Write missing reports for roster students, gradebook.csv and summary.html; return the missing ids."""
+    from grader.batch import student_dir
+
+    reports, problems = load_reports(out)
+    have = {r.student for r in reports}
+    missing = [sid for sid in read_roster(roster) if sid not in have] if roster else []
+    for sid in missing:
+        report = Report.failure(sid, "", "no submission received", status="missing")
+        write_atomic(student_dir(out, sid) / "report.json", report.to_json())
+        reports.append(report)
+    check_ids = list(rubric.points)
+    frame = gradebook_frame(reports, check_ids)
+    write_atomic(out / "gradebook.csv", frame.to_csv(index=False))
+    codes = {}
+    for entry in entries:
+        try:
+            codes[entry.student_id] = load_submission(entry.path, entry.student_id).code
+        except IntakeError:
+            continue
+    from grader.render.summary import render_summary
+
+    write_atomic(out / "summary.html", render_summary(reports, frame, check_ids, codes, problems))
+    return missing

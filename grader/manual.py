@@ -1,0 +1,50 @@
+"""Merge TA scores for manual checks (CSV: student_id, check_id, points[, comment]) into the reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from grader.intake.naming import safe_id
+from grader.report import load_report, write_atomic
+
+
+def merge_manual(out: Path, csv_path: Path) -> list[str]:
+    """Apply each row to that student's report; return notes about rows that could not be applied."""
+    from grader.batch import student_dir
+    from grader.render.html import render_html
+    from grader.render.markdown import render_markdown
+
+    try:
+        table = pd.read_csv(csv_path, dtype={"student_id": str, "check_id": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"manual scores {csv_path}: cannot read it as CSV ({exc})") from None
+    missing = {"student_id", "check_id", "points"} - set(table.columns)
+    if missing:
+        raise ValueError(f"manual scores {csv_path}: missing column(s) {', '.join(sorted(missing))}")
+    notes = []
+    for line, row in enumerate(table.itertuples(index=False), start=2):
+        where = f"{csv_path.name} line {line}"
+        folder = student_dir(out, safe_id(str(row.student_id)))
+        try:
+            report = load_report(folder / "report.json")
+        except (OSError, ValueError):
+            notes.append(f"{where}: no report for student {row.student_id}")
+            continue
+        check = report.check(str(row.check_id))
+        if check is None or check.status != "manual":
+            notes.append(f"{where}: {row.check_id} is not a manual check of {row.student_id}")
+            continue
+        points = float(row.points)
+        if not 0 <= points <= check.max_points:
+            notes.append(f"{where}: {points} points is outside 0..{check.max_points:g} for {row.check_id}")
+            continue
+        check.points = points
+        comment = getattr(row, "comment", "")
+        if isinstance(comment, str) and comment.strip():
+            check.message = f"{check.message} — TA: {comment.strip()}".strip(" —")
+        write_atomic(folder / "report.md", render_markdown(report))
+        write_atomic(folder / "report.html", render_html(report))
+        write_atomic(folder / "report.json", report.to_json())
+    return notes
