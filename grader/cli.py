@@ -61,6 +61,102 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from grader.training import data
+
+    if args.action == "download":
+        dataset = data.download(args.data_dir)
+        print(f"CIFAR-10 ready: {len(dataset.x_train)} training and {len(dataset.x_test)} test images in {dataset.source}")
+        return 0
+    out = args.data_dir or data.default_data_dir()
+    dataset = data.synthesize(args.train, args.test, seed=args.seed)
+    written = []
+    if args.format in ("npz", "both"):
+        written.append(data.write_npz(dataset, out / "synthetic.npz"))
+    if args.format in ("batches", "both"):
+        written.append(data.write_batches(dataset, out))
+    print(f"SYNTHETIC data (not CIFAR-10): {len(dataset.x_train)} training and {len(dataset.x_test)} test images "
+          f"written to {', '.join(map(str, written))}")
+    return 0
+
+
+def _accuracy_spec(args: argparse.Namespace):
+    from grader.checks.training import resolve_mode
+    from grader.training.calibration import AccuracySpec
+
+    rubric = _rubric(args)
+    mode = resolve_mode(args.accuracy)
+    if mode not in rubric.accuracy:
+        raise UsageError(f"the rubric has no [accuracy.{mode}] section (use --accuracy quick or full)")
+    section = rubric.accuracy[mode]
+    return AccuracySpec(mode, dict(section.get("config", {})), section.get("train_images"), section.get("test_images"),
+                        float(section["margin"]), float(section.get("floor", 0.0)), dict(section["recipe"]))
+
+
+def _dataset(args: argparse.Namespace):
+    from grader.training.data import DatasetMissing, find_dataset
+
+    try:
+        return find_dataset(args.data_dir)
+    except DatasetMissing as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from grader.training.calibration import train_reference
+
+    spec = _accuracy_spec(args)
+    dataset = _dataset(args)
+    device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
+    if args.submission:
+        from grader.grading import grade_submission
+        from grader.rubric import load_rubric
+
+        rubric = load_rubric(args.rubric)
+        rubric.points = {"load.code": 0, "load.definitions": 0, "train.accuracy": rubric.points.get("train.accuracy", 1)}
+        report = grade_submission(args.submission, rubric=rubric, accuracy=spec.mode, data_dir=args.data_dir)
+        check = report.check("train.accuracy")
+        print(check.message if check else report.error)
+        if check and check.details.get("images_per_second"):
+            print(f"{check.details['images_per_second']:,.0f} images/s on {check.details['device']}")
+        return 0 if check and check.status == "passed" else 1
+    accuracy = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)))
+    print(f"reference, {spec.mode} recipe on {dataset.name}: test accuracy {accuracy:.1%} ({device})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from grader.training.bench import bench
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    small = {"dim_hidden": 64, "num_heads": 4, "dim_feedforward": 128, "num_layers": 2}
+    config = {} if args.config == "default" else small
+    recipe = {"batch_size": args.batch_size or (512 if device.startswith("cuda") else 256), "lr": 1e-3,
+              "optimizer": "adamw", "schedule": "cosine", "augment": True, "compile": device.startswith("cuda")}
+    images = args.images or (20000 if device.startswith("cuda") else 2000)
+    print(bench(config, images, device, recipe).describe())
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from grader.training.calibration import calibrate
+
+    spec = _accuracy_spec(args)
+    device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
+    result = calibrate(_dataset(args), spec, device, seeds=list(range(args.seeds)))
+    print(json.dumps(result, indent=2))
+    print(f"suggested [accuracy.{spec.mode}] margin = {result['suggested_margin']} (current {spec.margin})")
+    return 0
+
+
 def _rubric(args: argparse.Namespace):
     from grader.rubric import RubricError, load_rubric
 
@@ -97,6 +193,32 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(grade)
     grade.set_defaults(func=cmd_grade)
+
+    data = sub.add_parser("data", help="get CIFAR-10 (download) or make a small synthetic stand-in (synth)")
+    data.add_argument("action", choices=["download", "synth"])
+    data.add_argument("--data-dir", type=Path, help="where to put it (default: $VITGRADE_DATA or the user cache)")
+    data.add_argument("--format", choices=["npz", "batches", "both"], default="both", help="synth: on-disk layout")
+    data.add_argument("--train", type=int, default=5000, help="synth: training images")
+    data.add_argument("--test", type=int, default=1000, help="synth: test images")
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=cmd_data)
+
+    train = sub.add_parser("train", help="train the reference (or a submission) with the rubric's recipe")
+    train.add_argument("submission", nargs="?", help="a submission to train instead of the reference")
+    _add_common(train)
+    train.set_defaults(func=cmd_train)
+
+    bench_parser = sub.add_parser("bench", help="harness vs the handout's training loop: images/s and ratio")
+    bench_parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bench_parser.add_argument("--config", choices=["small", "default"], default="small")
+    bench_parser.add_argument("--images", type=int, help="training images per loop")
+    bench_parser.add_argument("--batch-size", type=int)
+    bench_parser.set_defaults(func=cmd_bench)
+
+    calibrate = sub.add_parser("calibrate", help="train the reference over several seeds; suggest the margin")
+    calibrate.add_argument("--seeds", type=int, default=3)
+    _add_common(calibrate)
+    calibrate.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -63,7 +63,8 @@ def _strings(value: Any, where: str) -> list[str]:
 
 ACCURACY_KEYS = {"config", "train_images", "test_images", "margin", "floor", "recipe"}
 RECIPE_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "warmup_epochs", "schedule",
-               "augment", "label_smoothing", "val_fraction", "seed", "compile", "max_seconds", "attention_images"}
+               "augment", "label_smoothing", "val_fraction", "seed", "compile", "max_seconds", "attention_images",
+               "cpu_bf16"}
 CONFIG_KEYS = {"num_classes", "img_size", "patch_size", "dim_hidden", "num_heads", "dim_feedforward", "num_layers"}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from grader.training.data import Dataset
-from grader.training.trainer import train_and_predict
+from grader.training.trainer import autocast_dtype, train_and_predict
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class AccuracySpec:
     recipe: dict
 
     def key(self, dataset: Dataset, device: str) -> str:
+        precision = str(autocast_dtype(torch.device(device), bool(self.recipe.get("cpu_bf16", True))))
         blob = json.dumps([dataset.digest, self.config, self.train_images, self.test_images, self.recipe,
-                           torch.device(device).type], sort_keys=True)
+                           torch.device(device).type, precision], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -28,11 +28,23 @@ class TrainOutcome:
     arrays: dict = field(default_factory=dict)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it, fp16 otherwise on CUDA, None (fp32) on the CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def cpu_has_bf16_units() -> bool:
+    """True on CPUs with native bf16 matrix instructions (Intel AMX or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, cpu_bf16: bool = True) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 otherwise on CUDA. On the CPU, fp32, except bf16 on CPUs
+    with native bf16 units (about 1.6x faster for the quick recipe there); recipe key cpu_bf16=false
+    turns that off."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_bf16 and cpu_has_bf16_units() else None
 
 
 class DeviceData:
@@ -48,21 +60,27 @@ class DeviceData:
 
     def batch(self, index: torch.Tensor, augment: bool, generator: torch.Generator | None = None,
               pad: int = 4) -> torch.Tensor:
-        x = self.images[index].float()  # (B, 3, H, W) in 0..255
+        x = self.images[index]  # (B, 3, H, W) uint8
         if augment:
-            b, _, h, w = x.shape
-            padded = F.pad(x, (pad, pad, pad, pad))  # zero padding, as torchvision's RandomCrop(padding=4)
-            dev = x.device
-            oy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
-            ox = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
-            rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
-            cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
-            batch_idx = torch.arange(b, device=dev)[:, None, None, None]
-            chan_idx = torch.arange(3, device=dev)[None, :, None, None]
-            x = padded[batch_idx, chan_idx, rows, cols]  # (B, 3, H, W)
-            flip = torch.rand(b, device=dev, generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return (x - self.mean) / self.std
+            x = self._crop_and_flip(x, pad, generator)
+        return (x.float() - self.mean) / self.std
+
+    @staticmethod
+    def _crop_and_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Random crop with zero padding (as RandomCrop(32, padding=4)) and horizontal flip, per image."""
+        b, c, h, w = x.shape
+        dev = x.device
+        padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p), still uint8
+        oy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=dev, generator=generator)
+        flip = torch.rand(b, 1, 1, device=dev, generator=generator) < 0.5
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        cols = torch.where(flip, w - 1 - cols, cols)  # flipping = reading columns backwards
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        flat = (oy + rows) * (w + 2 * pad) + (ox + cols)  # (B, H, W) positions in the padded image
+        flat = flat.view(b, 1, h * w).expand(b, c, h * w)
+        # One gather over the flattened padded image: much cheaper than 4-D fancy indexing.
+        return padded.view(b, c, -1).gather(2, flat).view(b, c, h, w)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> float:
@@ -111,7 +129,7 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     y_train, y_val = y_all[torch.from_numpy(train_idx).to(dev)], y_all[torch.from_numpy(val_idx).to(dev)]
     test = DeviceData(arrays["x_test"], dev)
 
-    amp = autocast_dtype(dev)
+    amp = autocast_dtype(dev, bool(recipe.get("cpu_bf16", True)))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     optimizer = make_optimizer(model, recipe)
     step_model = model
