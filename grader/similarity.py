@@ -16,13 +16,18 @@ MIN_SHINGLES = 15
 
 
 class _Renamer(ast.NodeTransformer):
-    """Replace identifiers by their order of first appearance (v0, v1, ...); keep attributes of libraries."""
+    """Replace identifiers by their order of first appearance in their function (v0, v1, ...).
+
+    Numbering restarts in every function, so a rename in one method does not shift the names of
+    the rest of the file; attributes (library calls, `self.x`) are kept.
+    """
 
     def __init__(self) -> None:
-        self.names: dict[str, str] = {}
+        self.scopes: list[dict[str, str]] = [{}]
 
     def _name(self, name: str) -> str:
-        return self.names.setdefault(name, f"v{len(self.names)}")
+        scope = self.scopes[-1]
+        return scope.setdefault(name, f"v{len(scope)}")
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         node.id = self._name(node.id)
@@ -37,7 +42,9 @@ class _Renamer(ast.NodeTransformer):
         node.name = self._name(node.name)
         if ast.get_docstring(node):
             node.body = node.body[1:] or [ast.Pass()]
+        self.scopes.append({})
         self.generic_visit(node)
+        self.scopes.pop()
         return node
 
     def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:

@@ -193,15 +193,16 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
 
 @torch.no_grad()
 def attention_of(model: nn.Module, data: DeviceData, count: int) -> dict:
-    """Per-layer attention weights (B, heads, N, N) of the first `count` test images, if stored."""
-    if count <= 0 or not hasattr(model, "layers"):
+    """Per-layer attention weights (B, heads, N, N) of the first `count` test images: every submodule
+    that stores a 4-D `attn_weights` (as the handout's SelfAttention does), in registration order."""
+    if count <= 0:
         return {}
     model.eval()
     index = torch.arange(min(count, len(data)), device=data.images.device)
     model(data.batch(index, augment=False))
     found = {}
-    for i, layer in enumerate(getattr(model, "layers", [])):
-        weights = getattr(getattr(layer, "attention", None), "attn_weights", None)
+    for module in model.modules():
+        weights = getattr(module, "attn_weights", None)
         if isinstance(weights, torch.Tensor) and weights.dim() == 4:
-            found[f"attention:{i}"] = weights.float().cpu().numpy()
+            found[f"attention:{len(found)}"] = weights.float().cpu().numpy()
     return found

@@ -1,0 +1,155 @@
+"""The real `vitgrade` command on real files: exit codes, outputs, batch layout, resume and locking."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import EXAMPLES, HANDOUT_SOURCE
+
+
+def vitgrade(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grader", *args], capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
+
+
+def test_help_lists_the_commands():
+    result = vitgrade("--help")
+    assert result.returncode == 0
+    for command in ("check", "grade", "data", "train", "bench", "calibrate"):
+        assert command in result.stdout
+
+
+def test_check_correct_submission_exits_0_and_writes_json_and_junit(tmp_path):
+    result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--accuracy", "off",
+                      "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "j.xml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "equiv.self_attention" in result.stdout and "PASS" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema_version"] == 1 and report["status"] == "graded"
+    assert report["score"] == report["max_score"] > 0
+    assert report["sandbox"]["isolation"] in ("bwrap", "unshare", "none")
+    accuracy = next(c for c in report["checks"] if c["id"] == "train.accuracy")
+    assert accuracy["status"] == "skipped" and "--accuracy off" in accuracy["message"]
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    assert int(suite.get("failures")) == 0 and int(suite.get("tests")) == len(report["checks"])
+
+
+def test_check_buggy_submission_exits_1_with_a_pointed_message(tmp_path):
+    result = vitgrade("check", str(EXAMPLES / "s2002_textbook_residual.py"), "--accuracy", "off",
+                      "--junit", str(tmp_path / "j.xml"))
+    assert result.returncode == 1
+    assert "normalised input" in result.stdout
+    failures = ET.parse(tmp_path / "j.xml").getroot().iter("failure")
+    assert any("normalised input" in f.get("message") for f in failures)
+
+
+def test_check_usage_errors_exit_2(tmp_path):
+    assert vitgrade("check", str(tmp_path / "missing.ipynb")).returncode == 2
+    (tmp_path / "bad.ipynb").write_text("{oops", encoding="utf-8")
+    result = vitgrade("check", str(tmp_path / "bad.ipynb"), "--accuracy", "off")
+    assert result.returncode == 2 and "JSON error" in result.stdout
+    bad_rubric = tmp_path / "rubric.toml"
+    bad_rubric.write_text('[points]\n"equiv.vti" = 3\n[tolerances]\n', encoding="utf-8")
+    result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric))
+    assert result.returncode == 2 and "equiv.vti" in result.stderr and "unknown check id" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def batch_dir(tmp_path_factory) -> Path:
+    """A small class: two correct, one buggy, one broken, one hostile, one unreadable."""
+    folder = tmp_path_factory.mktemp("class")
+    shutil.copy(EXAMPLES / "s1002_separate_qkv.py", folder / "alice.py")
+    shutil.copytree(EXAMPLES / "s1003_loop_heads", folder / "bob")
+    shutil.copy(EXAMPLES / "s2001_softmax_axis.ipynb", folder / "carol.ipynb")
+    (folder / "dave.ipynb").write_text("not a notebook", encoding="utf-8")
+    # A class body runs when the class is defined, so intake keeps it: the worker dies while loading.
+    (folder / "eve.py").write_text("import os\nclass Evil:\n    os._exit(1)\n" + HANDOUT_SOURCE, encoding="utf-8")
+    (folder / "notes.txt").write_text("not a submission", encoding="utf-8")
+    return folder
+
+
+def test_grade_a_class(batch_dir, tmp_path):
+    out = tmp_path / "out"
+    roster = tmp_path / "roster.csv"
+    roster.write_text("student_id,name\nalice,A\nbob,B\ncarol,C\ndave,D\neve,E\nfrank,F\n", encoding="utf-8")
+    result = vitgrade("grade", str(batch_dir), "--out", str(out), "--accuracy", "off", "--roster", str(roster),
+                      "--gradescope", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "ignored 1 entries" in result.stdout and "1 missing" in result.stdout
+    book = pd.read_csv(out / "gradebook.csv").set_index("student")
+    assert list(book.index) == ["alice", "bob", "carol", "dave", "eve", "frank"]
+    assert book.loc["alice", "score"] == book.loc["alice", "max_score"] > 0
+    assert book.loc["carol", "score"] < book.loc["carol", "max_score"]
+    assert book.loc["carol", "equiv.self_attention"] == 0
+    assert book.loc["dave", "status"] == "error" and book.loc["frank", "status"] == "missing"
+    assert book.loc["eve", "status"] == "graded" and book.loc["eve", "score"] == book.loc["eve", "load.code"]
+    eve = json.loads((out / "students/eve/report.json").read_text())
+    definitions = next(c for c in eve["checks"] if c["id"] == "load.definitions")
+    assert "exit" in definitions["message"]
+    for student in ("alice", "bob", "carol", "dave", "eve"):
+        folder = out / "students" / student
+        assert {"report.json", "report.md", "report.html", "results.json"} <= {p.name for p in folder.iterdir()}
+        gradescope = json.loads((folder / "results.json").read_text())
+        assert gradescope["score"] == json.loads((folder / "report.json").read_text())["score"]
+    summary = (out / "summary.html").read_text()
+    assert "Pass rate per check" in summary and "equiv.self_attention" in summary
+
+    # Resume: nothing is graded twice; a changed submission is regraded.
+    again = vitgrade("grade", str(batch_dir), "--out", str(out), "--accuracy", "off", "--quiet")
+    assert again.returncode == 0 and "0 graded, 5 up to date" in again.stdout
+
+
+def test_grade_refuses_a_second_grader_on_the_same_output(batch_dir, tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "grader", "grade", str(batch_dir), "--out", str(out),
+                              "--accuracy", "off", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / ".vitgrade.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        second = vitgrade("grade", str(batch_dir), "--out", str(out), "--accuracy", "off", "--quiet")
+        assert second.returncode == 2 and "is being graded by vitgrade pid" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_killed_batch_resumes_without_losing_or_regrading(batch_dir, tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "grader", "grade", str(batch_dir), "--out", str(out),
+                              "--accuracy", "off", "--quiet", "--workers", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("students/*/report.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    finished = {p.parent.name: p.read_bytes() for p in out.glob("students/*/report.json")}
+    assert len(finished) >= 2
+    assert not list(out.rglob("*.tmp")) or all(p.name.startswith(".") for p in out.rglob("*.tmp"))
+    result = vitgrade("grade", str(batch_dir), "--out", str(out), "--accuracy", "off", "--quiet")
+    assert result.returncode == 0
+    assert f"{5 - len(finished)} graded, {len(finished)} up to date" in result.stdout
+    for student, content in finished.items():  # finished reports untouched
+        assert (out / "students" / student / "report.json").read_bytes() == content
+    assert len(pd.read_csv(out / "gradebook.csv")) == 5
+
+
+def test_grade_usage_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = vitgrade("grade", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "holds no submissions" in result.stderr
+    result = vitgrade("grade", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "does not exist" in result.stderr

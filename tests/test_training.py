@@ -1,0 +1,136 @@
+"""Data on disk, the harness, and the accuracy check (correct models pass, models that cannot learn fail)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from grader.grading import grade_submission
+from grader.training import data
+from grader.training.bench import forward_flops
+from grader.training.trainer import DeviceData, train_and_predict
+
+from .conftest import EXAMPLES, HANDOUT_SOURCE
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    dataset = data.synthesize(train=2000, test=400, seed=1)
+    data.write_npz(dataset, root / "npz" / "synthetic.npz")
+    data.write_batches(dataset, root / "batches")
+    return root, dataset
+
+
+def test_both_layouts_round_trip(synthetic):
+    root, dataset = synthetic
+    for folder in (root / "npz", root / "batches"):
+        found = data.find_dataset(folder)
+        assert found.synthetic
+        np.testing.assert_array_equal(found.x_train, dataset.x_train)
+        np.testing.assert_array_equal(found.y_test, dataset.y_test)
+        assert found.x_train.dtype == np.uint8 and found.x_train.shape == (2000, 32, 32, 3)
+
+
+def test_missing_and_corrupt_data_say_what_to_run(tmp_path):
+    with pytest.raises(data.DatasetMissing, match="vitgrade data download"):
+        data.find_dataset(tmp_path)
+    (tmp_path / "bad.npz").write_bytes(b"nonsense")
+    with pytest.raises(data.DatasetMissing, match="not a readable .npz"):
+        data.find_dataset(tmp_path)
+    (tmp_path / "bad.npz").unlink()
+    (tmp_path / data.BATCHES_DIR).mkdir()
+    (tmp_path / data.BATCHES_DIR / "data_batch_1").write_bytes(b"truncated")
+    with pytest.raises(data.DatasetMissing, match="incomplete or corrupt"):
+        data.find_dataset(tmp_path)
+
+
+def test_augmentation_is_a_padded_crop_or_its_mirror():
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    device_data = DeviceData(images, torch.device("cpu"), mean=(0, 0, 0), std=(1 / 255,) * 3)
+    out = device_data.batch(torch.arange(6), augment=True, generator=torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(torch.from_numpy(images).permute(0, 3, 1, 2).float(), (4, 4, 4, 4))
+    for i in range(6):
+        crops = [padded[i, :, y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(2)) for c in crops)
+
+
+def test_trainer_never_needs_test_labels_and_reports_history(synthetic):
+    _, dataset = synthetic
+    from reference.vit import ViT
+
+    model = ViT(dim_hidden=32, num_heads=2, dim_feedforward=64, num_layers=1)
+    arrays = {"x_train": dataset.x_train[:512], "y_train": dataset.y_train[:512], "x_test": dataset.x_test[:64]}
+    outcome = train_and_predict(model, arrays, {"epochs": 2, "batch_size": 128, "lr": 2e-3, "attention_images": 2})
+    assert outcome.arrays["predictions"].shape == (64,)
+    assert [h["epoch"] for h in outcome.header["history"]] == [1, 2]
+    assert outcome.arrays["attention:0"].shape == (2, 2, 65, 65)
+    assert outcome.header["images_per_second"] > 0
+
+
+def test_nan_loss_stops_with_a_message(synthetic):
+    _, dataset = synthetic
+    from reference.vit import ViT
+
+    arrays = {"x_train": dataset.x_train[:256], "y_train": dataset.y_train[:256], "x_test": dataset.x_test[:16]}
+    outcome = train_and_predict(ViT(dim_hidden=32, num_heads=2, dim_feedforward=64, num_layers=1), arrays,
+                                {"epochs": 3, "batch_size": 64, "lr": 1e30, "optimizer": "sgd", "schedule": "constant"})
+    assert "training loss became" in outcome.header["stopped"]
+
+
+def test_flop_count_of_the_default_model():
+    # patch embedding + 6 layers + head, per image; the default model is about 1.2 GFLOP forward.
+    assert 1.0e9 < forward_flops({}) < 1.5e9
+
+
+CONSTANT_OUTPUT = HANDOUT_SOURCE.replace(
+    "        x = self.norm(x)[:, 0]\n        return self.linear(x)",
+    "        x = self.norm(x)[:, 0]\n        return self.linear(x * 0)")
+DETACHED_ENCODER = HANDOUT_SOURCE.replace("        x = self.patch_embed(x)\n",
+                                          "        x = self.patch_embed(x).detach()\n").replace(
+    "            x = layer(x)\n", "            x = layer(x).detach()\n")
+
+
+@pytest.fixture(scope="module")
+def quick_rubric():
+    from grader.rubric import load_rubric
+
+    rubric = copy.deepcopy(load_rubric())
+    rubric.points = {"load.code": 1, "load.definitions": 1, "train.accuracy": 10}
+    rubric.accuracy["quick"].update(train_images=2000, test_images=400)
+    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "epochs": 4}
+    return rubric
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name, source, passes", [
+    ("handout", HANDOUT_SOURCE, True),
+    ("separate_qkv", EXAMPLES / "s1002_separate_qkv.py", True),
+    ("constant_output", CONSTANT_OUTPUT, False),
+    ("detached_encoder", DETACHED_ENCODER, False),
+])
+def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, name, source, passes):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(synthetic[0] / "cache"))  # the reference baseline, measured once
+    path = source if not isinstance(source, str) else tmp_path / f"{name}.py"
+    if isinstance(source, str):
+        path.write_text(source, encoding="utf-8")
+    report = grade_submission(path, rubric=quick_rubric, accuracy="quick", data_dir=synthetic[0] / "npz")
+    check = report.check("train.accuracy")
+    details = check.details
+    assert details["synthetic_data"] and details["mode"] == "quick" and details["test_images"] == 400
+    assert (check.status == "passed") == passes, check.message
+    if not passes:
+        assert details["accuracy"] < details["threshold"] <= details["reference_accuracy"]
+        assert "does not learn" in check.message or "stopped" in check.message
+    assert "attention.png" in report.attachments or not passes
+
+
+def test_accuracy_check_is_skipped_with_the_reason_when_there_is_no_data(tmp_path, quick_rubric):
+    report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=quick_rubric, accuracy="quick",
+                              data_dir=tmp_path)
+    check = report.check("train.accuracy")
+    assert check.status == "skipped" and "vitgrade data download" in check.message
+    assert report.max_score == 2  # a skipped check counts in neither score nor max score
