@@ -1,0 +1,83 @@
+"""The HTML pages in a real browser (headless Chromium): offline, every image loads, no console errors.
+
+A screenshot of each page type is taken; with VITGRADE_UPDATE_SCREENSHOTS=1 they replace the
+README's pictures in docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from grader.batch import BatchOptions, grade_batch
+
+from .conftest import EXAMPLES
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> dict[str, Path]:
+    """A graded class with a trained model's pictures, so every kind of content is on a page."""
+    from grader.training import data
+
+    root = tmp_path_factory.mktemp("html")
+    data.write_npz(data.synthesize(train=600, test=100, seed=2), root / "data" / "synthetic.npz")
+    submissions = root / "subs"
+    submissions.mkdir()
+    shutil.copy(EXAMPLES / "s1001_handout.ipynb", submissions / "s1001.ipynb")
+    shutil.copy(EXAMPLES / "s2002_textbook_residual.py", submissions / "s2002.py")
+    (submissions / "s3003.ipynb").write_text("{broken", encoding="utf-8")
+    from grader.rubric import load_rubric
+
+    rubric = load_rubric()
+    rubric.accuracy["quick"].update(train_images=600, test_images=100)
+    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "epochs": 1, "batch_size": 100}
+    out = root / "out"
+    grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="quick", data_dir=root / "data",
+                                            progress=False))
+    return {"summary": out / "summary.html", "report": out / "students/s1001/report.html",
+            "report-failing": out / "students/s2002/report.html", "report-error": out / "students/s3003/report.html"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("page_name", ["summary", "report", "report-failing", "report-error"])
+def test_page_renders_offline_with_every_image_and_no_errors(pages, browser, page_name, tmp_path):
+    context = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    external: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: external.append(request.url)
+            if not request.url.startswith(("file:", "data:")) else None)
+    page.goto(pages[page_name].as_uri(), wait_until="load")
+    images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+    assert errors == [] and external == []
+    assert all(complete and width > 0 for complete, width in images)
+    if page_name in ("summary", "report"):
+        assert len(images) >= 2  # summary: score histogram and pass rates; report: curve and attention maps
+    assert page.locator("table").count() >= (0 if page_name == "report-error" else 1)
+    folder = DOCS_SCREENSHOTS if os.environ.get("VITGRADE_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{page_name}.png"), full_page=False)
+    assert (folder / f"{page_name}.png").stat().st_size > 10_000
+    context.close()
