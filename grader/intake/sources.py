@@ -117,7 +117,8 @@ def extract_zip(archive: Path, into: Path) -> Path:
         for member in members:
             name = member.filename
             target = (root / name).resolve()
-            if name.startswith(("/", "\\")) or ".." in Path(name).parts or not target.is_relative_to(root):
+            if (name.startswith(("/", "\\")) or ".." in Path(name).parts or not target.is_relative_to(root)
+                    or (target == root and not member.is_dir())):
                 raise IntakeError(f"{archive.name} contains an unsafe path: {name!r}")
             if stat.S_ISLNK(member.external_attr >> 16):
                 raise IntakeError(f"{archive.name} contains a symbolic link: {name!r}")
@@ -126,14 +127,17 @@ def extract_zip(archive: Path, into: Path) -> Path:
             if member.is_dir():
                 continue
             target = root / member.filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Count real bytes, not the sizes the archive claims.
-            with zf.open(member) as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > MAX_ZIP_TOTAL_BYTES:
-                        raise IntakeError(f"{archive.name} unpacks to more than its declared size; refused")
-                    dst.write(chunk)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # Count real bytes, not the sizes the archive claims.
+                with zf.open(member) as src, open(target, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > MAX_ZIP_TOTAL_BYTES:
+                            raise IntakeError(f"{archive.name} unpacks to more than its declared size; refused")
+                        dst.write(chunk)
+            except (OSError, zipfile.BadZipFile, EOFError) as exc:  # clashing names, corrupt members
+                raise IntakeError(f"{archive.name}: cannot unpack {member.filename!r} ({exc})") from None
     return root
 
 
