@@ -177,7 +177,7 @@ def test_no_network_to_the_host(level):
         server.close()
 
 
-@pytest.mark.parametrize("module", ["reference", "grader", "grader.expected"])
+@pytest.mark.parametrize("module", ["reference", "grader", "grader.expected", "assignments"])
 def test_reference_solution_and_grader_are_not_importable(module, best_isolation):
     if best_isolation != "bwrap":
         pytest.skip("hiding the installed packages needs bubblewrap")

@@ -126,7 +126,7 @@ def environment(limits: Limits) -> dict[str, str]:
 
 
 def _bwrap_prefix(limits: Limits) -> list[str]:
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
     for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -146,8 +146,9 @@ def _bwrap_prefix(limits: Limits) -> list[str]:
             args += ["--dev-bind", str(dev), str(dev)]
     # Scratch: a size-limited tmpfs (nothing persists); the grader's packages are hidden under empty ones.
     args += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+    hidden_init = Path(__file__).resolve().parent / "hidden_package.py"
     for path in hidden_packages():
-        args += ["--tmpfs", path]
+        args += ["--tmpfs", path, "--ro-bind", str(hidden_init), f"{path}/__init__.py"]
     args += ["--dir", SANDBOX_DIR]
     for name, path in worker_files().items():
         args += ["--ro-bind", str(path), f"{SANDBOX_DIR}/{name}"]
@@ -157,15 +158,18 @@ def _bwrap_prefix(limits: Limits) -> list[str]:
     return args
 
 
-def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int) -> tuple[list[str], dict | None]:
-    """The command line that starts the worker at `level`, and the environment to pass (None: inherit).
+def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int) -> tuple[list[str], dict[str, str]]:
+    """The command line that starts the worker at `level`, and the scrubbed environment to start it with.
 
     Without bubblewrap the worker runs in a scratch directory the client creates and removes.
     """
     sites = library_dirs()
     if level == "bwrap":
         worker = f"{SANDBOX_DIR}/worker.py"
-        return _bwrap_prefix(limits) + [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites], None
+        # bwrap's own init process is PID 1 inside the sandbox, and /proc/1/environ is readable there:
+        # it must start with the scrubbed environment too, not only the worker.
+        command = _bwrap_prefix(limits) + [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites]
+        return command, environment(limits)
     worker = str(worker_files()["worker.py"])
     command = [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites]
     if level == "unshare":
