@@ -52,11 +52,18 @@ def _needs_float32(ctx: GradingContext) -> str | None:
     return None
 
 
+MAX_WORKER_DEATHS = 3  # after this many crashes, timeouts or memory kills, the other checks are not run
+
+
 def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcome, float]:
     started = time.monotonic()
     if time.monotonic() > deadline:
         return Outcome("error", "not run: the submission used up its time limit "
                                 f"({ctx.rubric.limits['submission_timeout']:.0f} s)"), 0.0
+    deaths = ctx.notes.get("worker_deaths", 0)
+    if deaths >= MAX_WORKER_DEATHS and check.needs_worker:
+        return Outcome("error", f"not run: the submission's worker died {deaths} times (crash, timeout or memory; "
+                                "see the checks above)"), 0.0
     if check.needs_worker and check.id != "load.definitions" and ("load_error" in ctx.notes or not ctx.classes):
         return Outcome.failed("not run: the code could not be loaded (see load.definitions)"), 0.0
     try:
@@ -64,6 +71,7 @@ def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcom
     except CheckFailed as failure:
         outcome = Outcome.failed(str(failure))
     except SandboxError as error:
+        ctx.notes["worker_deaths"] = ctx.notes.get("worker_deaths", 0) + error.worker_died
         what = {"timeout": "timed out", "memory": "ran out of memory", "crash": "crashed the worker",
                 "protocol": "broke the worker protocol"}.get(error.kind, "raised an exception")
         outcome = Outcome("error", f"the submission {what}: {error.message}", {"kind": error.kind})

@@ -34,8 +34,10 @@ pytestmark = [pytest.mark.skipif(not ISOLATED, reason="the adversarial corpus ne
 def at_load(body: str) -> str:
     """Run `body` while the submission's classes are being defined (a class body runs at load)."""
     indented = "\n".join(f"        {line}" for line in body.strip().splitlines())
+    # FNN refers to Attack, so intake keeps it (it keeps what the required classes reach).
+    handout = HANDOUT_SOURCE.replace("class FNN(nn.Module):\n", "class FNN(nn.Module):\n    attack = Attack\n")
     return ("import os, sys, socket, subprocess, time\nclass Attack:\n    def attack():\n"
-            f"{indented}\n    attack()\n\n" + HANDOUT_SOURCE)
+            f"{indented}\n    attack()\n\n" + handout)
 
 
 def in_forward(body: str) -> str:

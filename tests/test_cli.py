@@ -73,8 +73,9 @@ def batch_dir(tmp_path_factory) -> Path:
     shutil.copytree(EXAMPLES / "s1003_loop_heads", folder / "bob")
     shutil.copy(EXAMPLES / "s2001_softmax_axis.ipynb", folder / "carol.ipynb")
     (folder / "dave.ipynb").write_text("not a notebook", encoding="utf-8")
-    # A class body runs when the class is defined, so intake keeps it: the worker dies while loading.
-    (folder / "eve.py").write_text("import os\nclass Evil:\n    os._exit(1)\n" + HANDOUT_SOURCE, encoding="utf-8")
+    # A class body runs when the class is defined, so the worker dies while loading.
+    (folder / "eve.py").write_text("import os\n" + HANDOUT_SOURCE.replace(
+        "class FNN(nn.Module):\n", "class FNN(nn.Module):\n    os._exit(1)\n"), encoding="utf-8")
     (folder / "notes.txt").write_text("not a submission", encoding="utf-8")
     return folder
 

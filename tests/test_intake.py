@@ -43,12 +43,12 @@ def test_magics_shell_lines_and_cell_magics(tmp_path):
     path = write_notebook(tmp_path / "magic.ipynb", [
         ("code", "%matplotlib inline\n!pip install timm\nimport torch\nfiles = !ls"),
         ("code", "%%bash\necho hi"),
-        ("code", "%%time\nclass FNN(torch.nn.Module):\n    pass"),
+        ("code", "%%time\nclass Block(torch.nn.Module):\n    pass"),
         ("code", "def f():\n    if True:\n        !echo inside\n    return 1"),
     ])
     submission = load_submission(path)
     assert "import torch" in submission.code
-    assert "class FNN" in submission.code
+    assert "class Block" in submission.code
     assert "def f():" in submission.code
     assert "echo" not in submission.code and "%" not in submission.code
 
@@ -82,7 +82,7 @@ def test_simple_constants_are_kept_and_calls_are_dropped(tmp_path):
 
 def test_written_answers_are_collected_from_tagged_cells(tmp_path):
     path = write_notebook(tmp_path / "answers.ipynb", [
-        ("code", "import torch"), ("markdown", "Value is the output."), ("markdown", "Heatmap answer")],
+        ("code", "def helper():\n    return 1"), ("markdown", "Value is the output."), ("markdown", "Heatmap answer")],
         tags={1: ["task2"], 2: ["task3"]})
     submission = load_submission(path)
     assert submission.answers == {"task2": "Value is the output.", "task3": "Heatmap answer"}
@@ -222,3 +222,19 @@ def test_non_ascii_file_name_is_graded(tmp_path):
     path.write_text(HANDOUT_SOURCE, encoding="utf-8")
     submission = load_submission(path)
     assert submission.student_id == "ビジョン_トランスフォーマー"
+
+
+def test_only_what_the_required_classes_reach_is_kept(tmp_path):
+    path = tmp_path / "extra.py"
+    path.write_text(HANDOUT_SOURCE + "\nimport pandas as pd\nimport matplotlib.pyplot as plt\n"
+                    "def plot(x):\n    plt.imshow(x)\n\nWIDTH = 3\ndef helper():\n    return WIDTH\n"
+                    "class FNN(FNN):\n    scale = helper()\n", encoding="utf-8")
+    code = load_submission(path).code
+    assert "pandas" not in code and "matplotlib" not in code and "def plot" not in code
+    assert "def helper" in code and "WIDTH = 3" in code and "import torch" in code
+
+
+def test_without_required_classes_everything_defined_is_kept(tmp_path):
+    path = tmp_path / "renamed.py"
+    path.write_text("import torch\nclass VisionTransformer(torch.nn.Module):\n    pass\n", encoding="utf-8")
+    assert "class VisionTransformer" in load_submission(path).code

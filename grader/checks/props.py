@@ -64,13 +64,12 @@ def check_batch_independence(ctx: GradingContext) -> Outcome:
     built = _randomized(ctx, "ViT", config)
     x = random_input("ViT", config, batch=2)
     together = ctx.forward(built, x, "ViT forward").arrays["y"]
-    for i in range(x.shape[0]):
-        alone = ctx.forward(built, x[i : i + 1], "ViT forward on one image").arrays["y"]
-        comparison = ctx.compare(together[i : i + 1], alone)
-        if not comparison.close:
-            raise CheckFailed(f"image {i}'s output depends on the other images in the batch "
-                              f"(max difference {comparison.max_abs:.3g}): something mixes across the batch axis")
-    return Outcome.passed("each image's output is the same alone and in a batch of 2")
+    alone = ctx.forward(built, x[:1], "ViT forward on one image").arrays["y"]
+    comparison = ctx.compare(together[:1], alone)
+    if not comparison.close:
+        raise CheckFailed("an image's output depends on the other images in the batch "
+                          f"(max difference {comparison.max_abs:.3g}): something mixes across the batch axis")
+    return Outcome.passed("an image's output is the same alone and in a batch of 2")
 
 
 def check_gradients(ctx: GradingContext) -> Outcome:

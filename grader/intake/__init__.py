@@ -85,7 +85,7 @@ def load_submission(path: str | Path, student_id: str | None = None, id_pattern:
     )
     if dropped:
         submission.warnings.append(
-            f"{dropped} top-level statements (training loops, downloads, prints, magics) were not run; "
-            "only imports, definitions and simple constants are"
+            f"{dropped} top-level statements were not run (training loops, downloads, prints, magics, and "
+            "definitions the four required classes do not use)"
         )
     return submission

@@ -127,6 +127,53 @@ def filter_unit(unit: CodeUnit, local_modules: frozenset[str] = frozenset()) -> 
     return None
 
 
+def _bound_names(stmt: ast.stmt) -> set[str]:
+    if isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def _read_names(stmt: ast.stmt) -> set[str]:
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def keep_what_the_model_needs(units: list[CodeUnit]) -> None:
+    """Keep only the definitions the required classes reach (helpers, constants, imports).
+
+    A notebook's other functions (plotting, heatmaps) import matplotlib, pandas or torchvision, which
+    costs seconds per submission and serves no check. Without any required class, keep everything,
+    so that load.definitions can say what is missing.
+    """
+    statements = [(unit, stmt) for unit in units if unit.kept for stmt in ast.parse(unit.kept).body]
+    if not any(isinstance(stmt, ast.ClassDef) and stmt.name in REQUIRED_CLASSES for _, stmt in statements):
+        return
+    needed = set(REQUIRED_CLASSES)
+    keep: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for index, (_, stmt) in enumerate(statements):
+            wildcard = isinstance(stmt, ast.ImportFrom) and any(a.name == "*" for a in stmt.names)
+            if index not in keep and (wildcard or _bound_names(stmt) & needed):
+                keep.add(index)
+                needed |= _read_names(stmt)
+                changed = True
+    position = 0  # statements are visited in the order they were listed above
+    for unit in units:
+        if not unit.kept:
+            continue
+        kept = []
+        for stmt in ast.parse(unit.kept).body:
+            if position in keep:
+                kept.append(ast.get_source_segment(unit.kept, stmt, padded=True) or ast.unparse(stmt))
+            else:
+                unit.dropped += 1
+            position += 1
+        unit.kept = "\n".join(kept)
+
+
 def extract(units: list[CodeUnit], local_modules: frozenset[str] = frozenset()) -> ExtractedCode:
     """Filter every unit; warn about unparsable units and classes defined more than once."""
     result = ExtractedCode(units=units)
@@ -134,6 +181,7 @@ def extract(units: list[CodeUnit], local_modules: frozenset[str] = frozenset()) 
         warning = filter_unit(unit, local_modules)
         if warning:
             result.warnings.append(warning)
+    keep_what_the_model_needs(units)
     origins: dict[str, list[str]] = defaultdict(list)
     for unit in units:
         if unit.kept:
