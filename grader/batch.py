@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -160,13 +161,32 @@ def default_workers(accuracy: str) -> int:
     return max(1, cores // 2) if mode == "quick" else cores
 
 
-def _grade_one(entry: Entry, options: BatchOptions, rubric: Rubric, threads: int) -> Report:
+def gpu_pool(accuracy: str, workers: int) -> queue.Queue | None:
+    """One GPU per concurrent worker when the accuracy check trains on GPUs, else None."""
+    import torch
+
+    from grader.checks.training import resolve_mode
+
+    if resolve_mode(accuracy) != "full" or not torch.cuda.is_available():
+        return None
+    pool: queue.Queue = queue.Queue()
+    for index in range(torch.cuda.device_count()):
+        pool.put(str(index))
+    return pool if pool.qsize() >= 1 else None
+
+
+def _grade_one(entry: Entry, options: BatchOptions, rubric: Rubric, threads: int,
+               gpus: queue.Queue | None = None) -> Report:
+    gpu = gpus.get() if gpus is not None else None
     try:
         return grade_submission(entry.path, rubric=rubric, student_id=entry.student_id, isolation=options.isolation,
                                 timeout=options.timeout, accuracy=options.accuracy, data_dir=options.data_dir,
-                                threads=threads)
+                                threads=threads, gpu=gpu)
     except Exception as exc:  # a grader bug is that student's error report; the batch goes on
         return Report.failure(entry.student_id, str(entry.path), f"internal grader error: {type(exc).__name__}: {exc}")
+    finally:
+        if gpus is not None:
+            gpus.put(gpu)
 
 
 Executor = Callable[[list[Entry], Callable[[Entry], Report], Callable[[Report], None], int], None]
@@ -214,7 +234,8 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
             bar.update()
 
         try:
-            executor(todo, lambda entry: _grade_one(entry, options, rubric, threads), done, workers)
+            gpus = gpu_pool(options.accuracy, workers)
+            executor(todo, lambda entry: _grade_one(entry, options, rubric, threads, gpus), done, workers)
         finally:
             bar.close()
             if options.manual:

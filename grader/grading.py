@@ -20,9 +20,9 @@ from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
 FLOAT64_TROUBLE = ("Double", "Float", "dtype", "scalar type")
 
 
-def _limits(rubric: Rubric, accuracy: str, threads: int) -> Limits:
+def _limits(rubric: Rubric, accuracy: str, threads: int, gpu: str | None) -> Limits:
     cuda = resolve_mode(accuracy) == "full" and rubric.enabled("train.accuracy")
-    return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3), cuda=cuda, threads=threads)
+    return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3), cuda=cuda, threads=threads, gpu=gpu)
 
 
 def _start(ctx: GradingContext) -> None:
@@ -90,10 +90,11 @@ def _result(check: Check, outcome: Outcome, rubric: Rubric) -> CheckResult:
 def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_id: str | None = None,
                      id_pattern: str | None = None, isolation: Isolation | None = None,
                      timeout: float | None = None, accuracy: str = "auto", data_dir: str | Path | None = None,
-                     threads: int = 0) -> Report:
+                     threads: int = 0, gpu: str | None = None) -> Report:
     """Grade one submission; always returns a well-formed Report (never raises for bad input).
 
-    `threads` caps the worker's CPU threads (0: torch's default), for running several at once.
+    `threads` caps the worker's CPU threads (0: torch's default) and `gpu` picks the worker's GPU
+    (CUDA_VISIBLE_DEVICES), for running several at once.
     """
     rubric = rubric or load_rubric()
     started = time.monotonic()
@@ -105,7 +106,7 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
                               fingerprint=fingerprint(path, rubric, accuracy))
     timings = {"intake": time.monotonic() - started}
     options = {"accuracy": accuracy, "data_dir": data_dir}
-    with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads), isolation=isolation) as sandbox:
+    with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads, gpu), isolation=isolation) as sandbox:
         report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings,
                              options)
     timings["total"] = time.monotonic() - started

@@ -233,12 +233,19 @@ def test_no_network(graded):
     assert "CONNECTED" not in graded["reports"]["reach_the_network"]["output"]
 
 
+def first_error(report: dict) -> dict:
+    """The first check that errored; after three worker deaths the rest say they were not run."""
+    errors = [c for c in report["checks"] if c["status"] == "error"]
+    assert errors and all("not run" in c["message"] for c in errors[3:])
+    return errors[0]
+
+
 def test_resource_exhaustion_is_contained(graded):
     reports = graded["reports"]
-    memory = {c["id"]: c for c in reports["exhaust_memory"]["checks"]}
-    assert memory["equiv.fnn"]["status"] == "error" and "memory" in memory["equiv.fnn"]["message"]
-    time_checks = {c["id"]: c for c in reports["exhaust_time"]["checks"]}
-    assert time_checks["shapes.fnn"]["status"] == "error" and "timed out" in time_checks["shapes.fnn"]["message"]
+    memory = first_error(reports["exhaust_memory"])
+    assert memory["id"] == "shapes.fnn" and "memory limit of 2.0 GiB exceeded" in memory["message"]
+    stuck = first_error(reports["exhaust_time"])
+    assert stuck["id"] == "shapes.fnn" and "timed out" in stuck["message"]
     assert "WROTE" not in reports["exhaust_disk"]["output"] and "refused" in reports["exhaust_disk"]["output"]
     assert not list(Path("/tmp").glob("fill")) and graded["leftover"] == []
 
@@ -248,8 +255,8 @@ def test_spoofed_output_and_monkeypatching_change_nothing(graded):
     assert reports["spoof_output"]["score"] == reports["honest"]["score"]  # correct code, nothing more
     patched = {c["id"]: c["status"] for c in reports["monkeypatch_comparisons"]["checks"]}
     assert patched["equiv.self_attention"] == "failed"
-    garbage = {c["id"]: c for c in reports["garbage_on_the_protocol"]["checks"]}
-    assert garbage["equiv.fnn"]["status"] == "error" and "protocol" in garbage["equiv.fnn"]["message"]
+    garbage = first_error(reports["garbage_on_the_protocol"])
+    assert garbage["id"] == "shapes.fnn" and "broke the worker protocol" in garbage["message"]
 
 
 def test_grading_is_deterministic(graded):

@@ -20,7 +20,7 @@ class Check:
 CHECKS: tuple[Check, ...] = (
     Check("load.code", "Code found and parsed", load.check_code, needs_worker=False),
     Check("load.definitions", "Required classes defined and executable", load.check_definitions),
-    Check("static.forbidden", "No forbidden modules or APIs", static.check_forbidden),
+    Check("static.forbidden", "No forbidden modules or APIs", static.check_forbidden, needs_worker=False),
     Check("shapes.fnn", "FNN output shape", shapes.check_fnn),
     Check("shapes.self_attention", "SelfAttention output and attention-weight shapes", shapes.check_self_attention),
     Check("shapes.encoder_layer", "TransformerEncoderLayer output shape", shapes.check_encoder_layer),

@@ -32,6 +32,7 @@ class Limits:
     output_bytes: int = 256 * 1024
     threads: int = 0  # 0: leave torch's default
     cuda: bool = False
+    gpu: str | None = None  # CUDA_VISIBLE_DEVICES for this worker (one GPU per worker in a batch)
 
 
 def _probe(command: list[str]) -> bool:
@@ -120,6 +121,8 @@ def environment(limits: Limits) -> dict[str, str]:
         env["OMP_NUM_THREADS"] = str(limits.threads)
     if not limits.cuda:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    elif limits.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = limits.gpu
     elif "CUDA_VISIBLE_DEVICES" in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return env
