@@ -234,7 +234,8 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
             bar.update()
 
         try:
-            gpus = gpu_pool(options.accuracy, workers)
+            # Locally, each worker thread takes a GPU from a pool; a cluster executor assigns its own.
+            gpus = gpu_pool(options.accuracy, workers) if executor is local_executor else None
             executor(todo, lambda entry: _grade_one(entry, options, rubric, threads, gpus), done, workers)
         finally:
             bar.close()

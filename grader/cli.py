@@ -54,7 +54,13 @@ def cmd_grade(args: argparse.Namespace) -> int:
         isolation=args.isolation, id_pattern=args.id_pattern, data_dir=args.data_dir, progress=not args.quiet,
     )
     try:
-        summary = grade_batch(args.submissions, options)
+        if args.executor == "ray":
+            from grader.ray_executor import ray_executor
+
+            gpus = 1.0 if args.accuracy == "full" else 0.0  # one GPU per task when training the full recipe
+            summary = grade_batch(args.submissions, options, executor=ray_executor(args.ray_address, num_gpus=gpus))
+        else:
+            summary = grade_batch(args.submissions, options)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(summary.describe())
@@ -191,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
     grade.add_argument("--id-pattern", help="regex with a group named 'id' to take student ids from file names")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local process pool (default) or a Ray cluster (pip install \"vit-autograder[ray]\")")
+    grade.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray cluster)")
     _add_common(grade)
     grade.set_defaults(func=cmd_grade)
 
