@@ -85,3 +85,13 @@ def test_a_killed_task_is_retried_then_reported(cluster, tmp_path):
     entries = [Entry("emil", tmp_path / "emil.marker")]
     ray_executor(max_retries=0)(entries, flaky_grade, reports.append, 1)
     assert reports[0].status == "error" and "failed on Ray after 0 retries" in reports[0].error
+
+
+def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    from grader.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    (tmp_path / "s.py").write_text("x = 1\n", encoding="utf-8")
+    code = main(["grade", str(tmp_path), "--out", str(tmp_path / "out"), "--executor", "ray", "--quiet"])
+    assert code == 2
+    assert 'pip install "vit-autograder[ray]"' in capsys.readouterr().err
