@@ -76,7 +76,6 @@ class ViTIntermediates:
     class_token: np.ndarray  # (D,)
     pos_embed: np.ndarray  # (N+1, D)
     tokens: np.ndarray  # (B, N+1, D) input of the first encoder layer
-    layer_outputs: list[np.ndarray]  # each (B, N+1, D)
     normed: np.ndarray  # (B, N+1, D) after the final LayerNorm
     logits: np.ndarray  # (B, num_classes)
 
@@ -102,10 +101,9 @@ def _vit_intermediates(model: ViT, data: bytes, shape: tuple[int, ...]) -> ViTIn
         images = torch.from_numpy(x)
         patches = model.patchify(images)
         tokens = model.embed(images)
-        outputs, h = [], tokens
+        h = tokens
         for layer in model.layers:
             h = layer(h)
-            outputs.append(h.numpy())
         normed = model.norm(h)
         return ViTIntermediates(
             patches=patches.numpy(),
@@ -113,7 +111,6 @@ def _vit_intermediates(model: ViT, data: bytes, shape: tuple[int, ...]) -> ViTIn
             class_token=model.class_token.reshape(-1).numpy(),
             pos_embed=model.pos_embed.reshape(model.pos_embed.shape[1], -1).numpy(),
             tokens=tokens.numpy(),
-            layer_outputs=outputs,
             normed=normed.numpy(),
             logits=model.linear(normed[:, 0]).numpy(),
         )

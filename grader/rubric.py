@@ -16,7 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_RUBRIC = assignment_dir() / "rubric.toml"
-SECTIONS = {"meta", "points", "tolerances", "forbidden", "limits", "accuracy", "tasks"}
+SECTIONS = {"meta", "points", "tolerances", "forbidden", "limits", "accuracy"}
 
 
 class RubricError(ValueError):
@@ -38,7 +38,6 @@ class Rubric:
     forbidden_apis: list[str]
     limits: dict[str, float]
     accuracy: dict[str, Any] = field(default_factory=dict)
-    tasks: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
 
     def enabled(self, check_id: str) -> bool:
@@ -137,6 +136,5 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         forbidden_apis=_strings(forbidden.get("apis", []), f"{path}: forbidden.apis"),
         limits={"request_timeout": 60.0, "submission_timeout": 600.0, "memory_gib": 6.0, **limits},
         accuracy=accuracy,
-        tasks=dict(data.get("tasks", {})),
         digest=hashlib.sha256(raw_bytes).hexdigest(),
     )

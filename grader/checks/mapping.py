@@ -265,11 +265,6 @@ def _per_head_orderings(units: list[Unit], heads: int) -> list[tuple[str, dict[U
 
 
 # -- TransformerEncoderLayer ----------------------------------------------------------------
-def _sub_params(params: list[Param], prefix: str) -> list[Param]:
-    start = f"{prefix}."
-    return [Param(p.name[len(start):], p.shape, p.owner) for p in params if p.name.startswith(start)]
-
-
 def _sub_state(ref: State, prefix: str) -> State:
     start = f"{prefix}."
     return {k[len(start):]: v for k, v in ref.items() if k.startswith(start)}

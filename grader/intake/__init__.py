@@ -27,12 +27,6 @@ class Submission:
     files: list[str] = field(default_factory=list)
     digest: str = ""
 
-    @property
-    def defined_classes(self) -> list[str]:
-        import ast
-
-        return [n.name for n in ast.parse(self.code).body if isinstance(n, ast.ClassDef)] if self.code else []
-
 
 def content_digest(path: Path) -> str:
     """SHA-256 over a file, or over a folder's files and relative names (for resume)."""

@@ -38,14 +38,6 @@ class ExtractedCode:
         """The program the sandbox runs: kept statements of every unit, in order."""
         return "\n\n".join(f"# --- {u.origin} ---\n{u.kept}" for u in self.units if u.kept.strip())
 
-    @property
-    def defined_classes(self) -> list[str]:
-        names = []
-        for unit in self.units:
-            if unit.kept:
-                names += [n.name for n in ast.parse(unit.kept).body if isinstance(n, ast.ClassDef)]
-        return names
-
 
 def strip_ipython(source: str) -> tuple[str, str | None]:
     """Replace IPython-only lines by `pass` (same indent); return (python, dropped cell magic).

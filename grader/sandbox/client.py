@@ -92,7 +92,6 @@ def tree_rss_bytes(pids: list[int]) -> int:
 class SandboxStats:
     starts: int = 0
     start_seconds: list[float] = field(default_factory=list)
-    requests: int = 0
 
 
 class Sandbox:
@@ -159,9 +158,8 @@ class Sandbox:
         self._watch_stop = threading.Event()
         threading.Thread(target=self._watch_memory, args=(self._proc, self._watch_stop), daemon=True).start()
         self.stats.starts += 1
-        ready = self._receive(time.monotonic() + START_TIMEOUT, "starting the worker")
+        self._receive(time.monotonic() + START_TIMEOUT, "starting the worker")
         self.stats.start_seconds.append(time.monotonic() - started)
-        self.worker_info = ready.header
         self.request("setup", {"dtype": self.dtype, "device": self.device, "threads": self.limits.threads})
         self.load_reply = self.request("load", {"code": self.code}, timeout=60).header
         return self.load_reply
@@ -229,7 +227,6 @@ class Sandbox:
         if not self.alive:
             self.start()
         deadline = time.monotonic() + timeout
-        self.stats.requests += 1
         try:
             wire.write_message(self._req_w, {**(header or {}), "op": op}, arrays, deadline=deadline)
         except (BrokenPipeError, TimeoutError, OSError) as exc:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 Isolation = Literal["bwrap", "unshare", "none"]
-LEVELS: tuple[Isolation, ...] = ("bwrap", "unshare", "none")
 SANDBOX_DIR = "/vitgrade"  # where the worker's own files appear inside bubblewrap
 # System files the interpreter and torch need; everything else in /etc stays hidden.
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "alternatives", "hosts")
