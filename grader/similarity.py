@@ -11,6 +11,8 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from grader.intake.code import parse
+
 SHINGLE = 6
 MIN_SHINGLES = 15
 
@@ -57,7 +59,7 @@ class _Renamer(ast.NodeTransformer):
 def normalise(code: str) -> list[str]:
     """Tokens of the code with comments, docstrings, formatting and local names normalised away."""
     try:
-        tree = _Renamer().visit(ast.parse(code))
+        tree = _Renamer().visit(parse(code))
         text = ast.unparse(tree)
     except (SyntaxError, ValueError, RecursionError):
         text = code

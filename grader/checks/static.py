@@ -6,6 +6,7 @@ import ast
 from dataclasses import dataclass
 
 from grader.checks.context import GradingContext, Outcome
+from grader.intake.code import parse
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ def _resolve(node: ast.AST, aliases: dict[str, str]) -> str:
 
 def find_forbidden(code: str, modules: list[str], apis: list[str]) -> list[Finding]:
     """Imports of forbidden modules and uses of forbidden APIs under any alias."""
-    tree = ast.parse(code)
+    tree = parse(code)
     aliases: dict[str, str] = {}
     findings: list[Finding] = []
 

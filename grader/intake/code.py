@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 REQUIRED_CLASSES = ("ViT", "TransformerEncoderLayer", "SelfAttention", "FNN")
+# CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" when two
+# threads parse at once), and batch grading intakes submissions on several threads.
+_PARSE_LOCK = threading.Lock()
+
+
+def parse(source: str) -> ast.Module:
+    """ast.parse, one thread at a time."""
+    with _PARSE_LOCK:
+        return ast.parse(source)
 
 # IPython syntax that is not Python: line magics, shell escapes and `x = !ls`.
 _MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|\w+\s*=\s*[%!])")
@@ -45,7 +55,7 @@ def strip_ipython(source: str) -> tuple[str, str | None]:
     Source that already parses as Python is returned unchanged, so valid code is never touched.
     """
     try:
-        ast.parse(source)
+        parse(source)
         return source, None
     except SyntaxError:
         pass
@@ -104,7 +114,7 @@ def filter_unit(unit: CodeUnit, local_modules: frozenset[str] = frozenset()) -> 
         unit.dropped = 1
         return None
     try:
-        tree = ast.parse(python)
+        tree = parse(python)
     except SyntaxError as exc:
         unit.parsed = False
         return f"{unit.origin}: skipped, it does not parse ({exc.msg}, line {exc.lineno})"
@@ -138,7 +148,7 @@ def keep_what_the_model_needs(units: list[CodeUnit]) -> None:
     costs seconds per submission and serves no check. Without any required class, keep everything,
     so that load.definitions can say what is missing.
     """
-    statements = [(unit, stmt) for unit in units if unit.kept for stmt in ast.parse(unit.kept).body]
+    statements = [(unit, stmt) for unit in units if unit.kept for stmt in parse(unit.kept).body]
     if not any(isinstance(stmt, ast.ClassDef) and stmt.name in REQUIRED_CLASSES for _, stmt in statements):
         return
     needed = set(REQUIRED_CLASSES)
@@ -157,7 +167,7 @@ def keep_what_the_model_needs(units: list[CodeUnit]) -> None:
         if not unit.kept:
             continue
         kept = []
-        for stmt in ast.parse(unit.kept).body:
+        for stmt in parse(unit.kept).body:
             if position in keep:
                 kept.append(ast.get_source_segment(unit.kept, stmt, padded=True) or ast.unparse(stmt))
             else:
@@ -177,7 +187,7 @@ def extract(units: list[CodeUnit], local_modules: frozenset[str] = frozenset()) 
     origins: dict[str, list[str]] = defaultdict(list)
     for unit in units:
         if unit.kept:
-            for node in ast.parse(unit.kept).body:
+            for node in parse(unit.kept).body:
                 if isinstance(node, ast.ClassDef):
                     origins[node.name].append(unit.origin)
     for name, where in origins.items():
