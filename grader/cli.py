@@ -94,9 +94,7 @@ def _accuracy_spec(args: argparse.Namespace):
     mode = resolve_mode(args.accuracy)
     if mode not in rubric.accuracy:
         raise UsageError(f"the rubric has no [accuracy.{mode}] section (use --accuracy quick or full)")
-    section = rubric.accuracy[mode]
-    return AccuracySpec(mode, dict(section.get("config", {})), section.get("train_images"), section.get("test_images"),
-                        float(section["margin"]), float(section.get("floor", 0.0)), dict(section["recipe"]))
+    return AccuracySpec.from_rubric(rubric.accuracy, mode)
 
 
 def _dataset(args: argparse.Namespace):

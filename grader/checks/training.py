@@ -23,12 +23,9 @@ def resolve_mode(requested: str) -> str:
 
 
 def spec_for(ctx: GradingContext, mode: str) -> AccuracySpec:
-    section = ctx.rubric.accuracy.get(mode)
-    if not section:
+    if mode not in ctx.rubric.accuracy:
         raise CheckFailed(f"the rubric has no [accuracy.{mode}] section")
-    return AccuracySpec(mode=mode, config=dict(section.get("config", {})), train_images=section.get("train_images"),
-                        test_images=section.get("test_images"), margin=float(section["margin"]),
-                        floor=float(section.get("floor", 0.0)), recipe=dict(section["recipe"]))
+    return AccuracySpec.from_rubric(ctx.rubric.accuracy, mode)
 
 
 def check_accuracy(ctx: GradingContext) -> Outcome:

@@ -28,6 +28,14 @@ class AccuracySpec:
     floor: float
     recipe: dict
 
+    @classmethod
+    def from_rubric(cls, accuracy: dict, mode: str) -> AccuracySpec:
+        """The spec of one mode from a validated rubric's [accuracy] table; KeyError if it has none."""
+        section = accuracy[mode]
+        return cls(mode=mode, config=dict(section.get("config", {})), train_images=section.get("train_images"),
+                   test_images=section.get("test_images"), margin=float(section["margin"]),
+                   floor=float(section.get("floor", 0.0)), recipe=dict(section["recipe"]))
+
     def key(self, dataset: Dataset, device: str) -> str:
         precision = str(autocast_dtype(torch.device(device), bool(self.recipe.get("cpu_bf16", True))))
         blob = json.dumps([dataset.digest, self.config, self.train_images, self.test_images, self.recipe,
