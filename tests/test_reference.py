@@ -91,3 +91,16 @@ def test_unnormalize_undoes_the_handout_normalisation():
     restored = unnormalize(normalised)
     assert restored.shape == (2, 8, 8, 3)
     assert abs(restored - pixels.permute(0, 2, 3, 1).numpy()).max() < 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_reference_on_cuda_agrees_with_the_cpu():
+    torch.manual_seed(0)
+    model = ViT().eval()
+    x = torch.randn(4, 3, 32, 32)
+    expected = model(x)
+    model.cuda()
+    for fused in (False, True):
+        set_fused_attention(model, fused)
+        got = model(x.cuda()).cpu()
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)

@@ -54,6 +54,19 @@ def level(request) -> str:
     return request.param
 
 
+def test_training_runs_at_every_level(level):
+    # The worker imports the harness (trainer.py) from its own folder at every isolation level.
+    images = np.random.default_rng(0).integers(0, 256, size=(64, 2, 2, 3), dtype=np.uint8)
+    code = net("x = x.flatten(1)").replace("Linear(4, 4)", "Linear(12, 3)")
+    with Sandbox(code, isolation=level) as sandbox:
+        sandbox.request("build", {"handle": "n", "class": "Net"}, timeout=30)
+        recipe = {"epochs": 1, "batch_size": 16, "lr": 1e-2, "augment": False, "val_fraction": 0.0}
+        reply = sandbox.request("train", {"handle": "n", "recipe": recipe},
+                                {"x_train": images, "y_train": np.arange(64) % 3, "x_test": images[:5]}, timeout=60)
+    assert reply.arrays["predictions"].shape == (5,)
+    assert reply.header["epochs_run"] == 1
+
+
 def test_well_behaved_code_round_trips(level):
     with Sandbox(net(), isolation=level) as sandbox:
         assert sandbox.start()["classes"] == ["Net"]

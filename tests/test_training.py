@@ -15,6 +15,9 @@ from grader.training.trainer import DeviceData, train_and_predict
 
 from .conftest import EXAMPLES, HANDOUT_SOURCE
 
+# The device-agnostic parts run on every device this machine has; CUDA is reported as skipped without one.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
@@ -48,23 +51,28 @@ def test_missing_and_corrupt_data_say_what_to_run(tmp_path):
         data.find_dataset(tmp_path)
 
 
-def test_augmentation_is_a_padded_crop_or_its_mirror():
+@pytest.mark.parametrize("device", DEVICES)
+def test_augmentation_is_a_padded_crop_or_its_mirror(device):
     images = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
-    device_data = DeviceData(images, torch.device("cpu"), mean=(0, 0, 0), std=(1 / 255,) * 3)
-    out = device_data.batch(torch.arange(6), augment=True, generator=torch.Generator().manual_seed(3))
+    device_data = DeviceData(images, torch.device(device), mean=(0, 0, 0), std=(1 / 255,) * 3)
+    out = device_data.batch(torch.arange(6, device=device), augment=True,
+                            generator=torch.Generator(device=device).manual_seed(3)).cpu()
     padded = torch.nn.functional.pad(torch.from_numpy(images).permute(0, 3, 1, 2).float(), (4, 4, 4, 4))
     for i in range(6):
         crops = [padded[i, :, y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
         assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(2)) for c in crops)
 
 
-def test_trainer_never_needs_test_labels_and_reports_history(synthetic):
+@pytest.mark.parametrize("device", DEVICES)
+def test_trainer_never_needs_test_labels_and_reports_history(synthetic, device):
     _, dataset = synthetic
     from reference.vit import ViT
 
     model = ViT(dim_hidden=32, num_heads=2, dim_feedforward=64, num_layers=1)
     arrays = {"x_train": dataset.x_train[:512], "y_train": dataset.y_train[:512], "x_test": dataset.x_test[:64]}
-    outcome = train_and_predict(model, arrays, {"epochs": 2, "batch_size": 128, "lr": 2e-3, "attention_images": 2})
+    outcome = train_and_predict(model, arrays, {"epochs": 2, "batch_size": 128, "lr": 2e-3, "attention_images": 2},
+                                device=device)
+    assert outcome.header["device"].startswith(device)
     assert outcome.arrays["predictions"].shape == (64,)
     assert [h["epoch"] for h in outcome.header["history"]] == [1, 2]
     assert outcome.arrays["attention:0"].shape == (2, 2, 65, 65)
@@ -79,6 +87,43 @@ def test_nan_loss_stops_with_a_message(synthetic):
     outcome = train_and_predict(ViT(dim_hidden=32, num_heads=2, dim_feedforward=64, num_layers=1), arrays,
                                 {"epochs": 3, "batch_size": 64, "lr": 1e30, "optimizer": "sgd", "schedule": "constant"})
     assert "training loss became" in outcome.header["stopped"]
+
+
+def test_a_failing_compile_falls_back_to_eager(synthetic, monkeypatch):
+    _, dataset = synthetic
+    from reference.vit import ViT
+
+    def broken_compile(model):
+        def call(*args, **kwargs):
+            raise RuntimeError("inductor: no C compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    arrays = {"x_train": dataset.x_train[:256], "y_train": dataset.y_train[:256], "x_test": dataset.x_test[:16]}
+    outcome = train_and_predict(ViT(dim_hidden=32, num_heads=2, dim_feedforward=64, num_layers=1), arrays,
+                                {"epochs": 1, "batch_size": 64, "lr": 1e-3, "compile": True})
+    assert outcome.header["compiled"] is False
+    assert "torch.compile failed (RuntimeError: inductor: no C compiler); trained eagerly" in outcome.header["notes"]
+    assert outcome.header["epochs_run"] == 1 and not outcome.header["stopped"]
+
+
+def test_out_of_memory_stops_with_a_message(synthetic):
+    _, dataset = synthetic
+
+    class Greedy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3 * 32 * 32, 10)
+
+        def forward(self, x):
+            if self.training:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+            return self.head(x.flatten(1))
+
+    arrays = {"x_train": dataset.x_train[:128], "y_train": dataset.y_train[:128], "x_test": dataset.x_test[:16]}
+    outcome = train_and_predict(Greedy(), arrays, {"epochs": 2, "batch_size": 64, "lr": 1e-3})
+    assert outcome.header["stopped"].startswith("out of CPU memory at batch size 64 in epoch 1")
+    assert outcome.arrays["predictions"].shape == (16,)
 
 
 def test_flop_count_of_the_default_model():

@@ -51,6 +51,10 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
         if error.worker_died:
             raise
         raise CheckFailed(f"training raised {error.message}") from None
+    info = reply.header
+    if info.get("stopped") and "time budget" not in info["stopped"]:
+        return Outcome.failed(f"training stopped: {info['stopped']}", history=info.get("history", []),
+                              device=info.get("device"), notes=info.get("notes", []))
     predictions = reply.arrays.get("predictions")
     if predictions is None or predictions.shape != data.y_test.shape:
         raise CheckFailed(f"training returned no prediction per test image "
@@ -58,7 +62,6 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
     accuracy = float(np.mean(predictions == data.y_test))
     baseline, cached = reference_accuracy(dataset, spec, device)
     threshold = max(spec.floor, baseline - spec.margin)
-    info = reply.header
     attention = [reply.arrays[k] for k in sorted((k for k in reply.arrays if k.startswith("attention:")),
                                                  key=lambda k: int(k.split(":")[1]))]
     ctx.notes["training"] = {"history": info.get("history", []), "attention": attention,
@@ -69,10 +72,9 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
         "device": info.get("device"), "images_per_second": info.get("images_per_second"),
         "train_seconds": info.get("train_seconds"), "dataset": dataset.name, "synthetic_data": dataset.synthetic,
         "train_images": len(data.x_train), "test_images": len(data.x_test), "history": info.get("history", []),
+        "compiled": info.get("compiled", False), "notes": info.get("notes", []),
     }
     data_note = " (synthetic data)" if dataset.synthetic else ""
-    if info.get("stopped") and "time budget" not in info["stopped"]:
-        return Outcome.failed(f"training stopped: {info['stopped']}", **details)
     summary = (f"test accuracy {accuracy:.1%} vs pass mark {threshold:.1%} (reference {baseline:.1%} - margin "
                f"{spec.margin:.0%}), {mode} mode, {details['epochs']} epochs on {device}{data_note}")
     if accuracy >= threshold:

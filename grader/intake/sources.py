@@ -8,8 +8,6 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
-
 from grader.intake.code import REQUIRED_CLASSES, CodeUnit
 
 MAX_FILE_BYTES = 50 * 1024**2  # a notebook with many plots stays well below this
@@ -49,6 +47,8 @@ def read_text(path: Path) -> str:
 
 
 def read_notebook(path: Path) -> SourceFiles:
+    import nbformat  # imported here: only notebooks need it, and `vitgrade bench/train` start faster without it
+
     text = read_text(path)
     try:
         raw = json.loads(text)

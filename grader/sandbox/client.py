@@ -139,9 +139,9 @@ class Sandbox:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         os.set_blocking(self._req_w, False)
-        command, env = build_command(self.isolation, self.limits, req_r, rep_w)
         if self.isolation != "bwrap":
             self._scratch = tempfile.mkdtemp(prefix="vitgrade-work-")
+        command, env = build_command(self.isolation, self.limits, req_r, rep_w, self._scratch)
         self._killed_for = None
         try:
             self._proc = subprocess.Popen(

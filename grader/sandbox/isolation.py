@@ -118,6 +118,9 @@ def environment(limits: Limits) -> dict[str, str]:
     }
     if limits.threads:
         env["OMP_NUM_THREADS"] = str(limits.threads)
+    # torch.compile's default pool of compiler processes would count against the worker's memory
+    # limit (the RSS watch covers the whole process tree): compile in the worker itself.
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     if not limits.cuda:
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif limits.gpu is not None:
@@ -160,10 +163,12 @@ def _bwrap_prefix(limits: Limits) -> list[str]:
     return args
 
 
-def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int) -> tuple[list[str], dict[str, str]]:
+def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int,
+                  scratch: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line that starts the worker at `level`, and the scrubbed environment to start it with.
 
-    Without bubblewrap the worker runs in a scratch directory the client creates and removes.
+    Without bubblewrap the worker runs in a scratch directory the client creates and removes; the
+    worker's files are copied there, so it sees the same files as under bubblewrap.
     """
     sites = library_dirs()
     if level == "bwrap":
@@ -172,7 +177,13 @@ def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int) -> 
         # it must start with the scrubbed environment too, not only the worker.
         command = _bwrap_prefix(limits) + [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites]
         return command, environment(limits)
-    worker = str(worker_files()["worker.py"])
+    if scratch is None:
+        raise ValueError(f"isolation level {level!r} needs a scratch directory")
+    folder = Path(scratch) / "vitgrade-worker"
+    folder.mkdir()
+    for name, path in worker_files().items():
+        shutil.copyfile(path, folder / name)
+    worker = str(folder / "worker.py")
     command = [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites]
     if level == "unshare":
         command = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",

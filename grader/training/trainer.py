@@ -97,7 +97,22 @@ def make_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
     if recipe.get("optimizer", "adamw") == "sgd":
         return torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe.get("momentum", 0.0),
                                weight_decay=recipe.get("weight_decay", 0.0))
-    return torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.05))
+    # The fused CUDA kernel updates every parameter in a few launches instead of several per tensor.
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.05), fused=fused)
+
+
+def training_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, amp: torch.dtype | None, recipe: dict) -> torch.Tensor:
+    """One optimisation step; returns the detached loss (no synchronisation with the device)."""
+    with torch.autocast(inputs.device.type, dtype=amp, enabled=amp is not None):
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=float(recipe.get("label_smoothing", 0.0)))
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -132,12 +147,9 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     amp = autocast_dtype(dev, bool(recipe.get("cpu_bf16", True)))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     optimizer = make_optimizer(model, recipe)
-    step_model = model
-    if recipe.get("compile"):
-        try:
-            step_model = torch.compile(model)
-        except Exception:  # compile is an optimisation; eager always works
-            step_model = model
+    # torch.compile is lazy: it fails (if at all) at the first call, so the first step falls back to eager.
+    step_model = torch.compile(model) if recipe.get("compile") else model
+    notes = []
     batch_size = int(recipe["batch_size"])
     steps_per_epoch = max(1, len(train) // batch_size)
     epochs = int(recipe["epochs"])
@@ -155,17 +167,24 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
             index = perm[i * batch_size : (i + 1) * batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, recipe["lr"], recipe.get("schedule", "cosine"))
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                logits = step_model(train.batch(index, recipe.get("augment", True), generator))
-                loss = F.cross_entropy(logits.float(), y_train[index],
-                                       label_smoothing=float(recipe.get("label_smoothing", 0.0)))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(loss.detach())
+            inputs = train.batch(index, recipe.get("augment", True), generator)
+            try:
+                loss = training_step(step_model, inputs, y_train[index], optimizer, scaler, amp, recipe)
+            except torch.OutOfMemoryError:
+                stopped = (f"out of {dev.type.upper()} memory at batch size {batch_size} in epoch {epoch + 1}; "
+                           f"the model or its activations are too large for the device")
+                break
+            except Exception as exc:
+                if step > 0 or step_model is model:
+                    raise
+                notes.append(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); trained eagerly")
+                step_model = model
+                loss = training_step(step_model, inputs, y_train[index], optimizer, scaler, amp, recipe)
+            losses.append(loss)
             images += len(index)
             step += 1
+        if stopped:
+            break
         train_loss = float(torch.stack(losses).mean())
         if not math.isfinite(train_loss):
             stopped = f"the training loss became {train_loss} in epoch {epoch + 1}"
@@ -182,12 +201,17 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    logits = predict(model, test, 4 * batch_size, amp)
-    arrays_out = {"predictions": logits.argmax(1).cpu().numpy().astype(np.int64)}
+    try:
+        predictions = predict(model, test, 4 * batch_size, amp).argmax(1).cpu().numpy().astype(np.int64)
+    except torch.OutOfMemoryError:
+        stopped = stopped or f"out of {dev.type.upper()} memory while predicting the test images"
+        predictions = np.full(len(test), -1, dtype=np.int64)  # no class: counts as wrong
+    arrays_out = {"predictions": predictions}
     arrays_out.update(attention_of(model, test, int(recipe.get("attention_images", 0))))
     header = {"history": history, "epochs_run": len(history), "train_seconds": seconds,
               "images_per_second": images / seconds if seconds else 0.0, "device": str(dev),
-              "autocast": str(amp).replace("torch.", "") if amp else "float32", "stopped": stopped}
+              "autocast": str(amp).replace("torch.", "") if amp else "float32", "stopped": stopped,
+              "compiled": step_model is not model, "notes": notes}
     return TrainOutcome(header, arrays_out)
 
 
