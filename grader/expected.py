@@ -1,116 +1,204 @@
-"""What a correct submission must compute: reference modules with random, non-zero weights.
+"""What a correct submission computes, from one of two sources: the reference solution, or test vectors.
 
-This is the only grader module that imports `reference/`, and only when called, so that the
-checks can also run from precomputed test vectors (the student bundle) instead of the solution.
+The checks ask an `Expected` for the reference's weights, outputs, known-mistake outputs and the
+ViT's stages on fixed inputs. The instructor's install computes them with `reference/`
+(`grader.reference_expected`); the student bundle reads them from a test-vector file made from
+the same computation (`vitgrade assign`), so it carries numbers, not the solution's code.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from reference.vit import FNN, SelfAttention, TransformerEncoderLayer, ViT, ViTConfig
+from grader.spec import DEFAULT, KINDS, random_input
 
-DEFAULT = ViTConfig()
-# A configuration where every size differs from the default and from each other, so hard-coded
-# numbers show; it is also small, so it is cheap to run.
-ALTERNATIVE = ViTConfig(num_classes=7, img_size=24, patch_size=6, dim_hidden=96, num_heads=4,
-                        dim_feedforward=160, num_layers=2)
-
-
-def component_args(kind: str, config: ViTConfig) -> list:
-    """Positional constructor arguments, as the handout calls each class."""
-    return {
-        "FNN": [config.dim_hidden, config.dim_feedforward],
-        "SelfAttention": [config.dim_hidden, config.num_heads],
-        "TransformerEncoderLayer": [config.dim_hidden, config.num_heads, config.dim_feedforward],
-        "ViT": [],
-    }[kind]
+State = dict[str, np.ndarray]
+# Seeds of the reference's random weights; the inputs use seed + 100.
+SEEDS = {"FNN": 11, "SelfAttention": 12, "TransformerEncoderLayer": 13, "ViT": 14}
+# A test-vector file packaged inside the grader (the student bundle) makes it the default source.
+PACKAGED_VECTORS = Path(__file__).resolve().parent / "test_vectors.npz"
+VECTORS_FORMAT = 1
 
 
-def component_kwargs(kind: str, config: ViTConfig) -> dict:
-    return config.kwargs() if kind == "ViT" else {}
+class VectorsError(Exception):
+    """The test-vector file is missing, unreadable, or made for other inputs."""
 
 
-@functools.lru_cache(maxsize=16)
-def build_reference(kind: str, config: ViTConfig = DEFAULT, seed: int = 0) -> nn.Module:
-    """A float64 reference module whose every parameter is random and non-zero (cached: never mutate it)."""
-    cls = {"FNN": FNN, "SelfAttention": SelfAttention, "TransformerEncoderLayer": TransformerEncoderLayer, "ViT": ViT}[kind]
-    module = cls(*component_args(kind, config), **component_kwargs(kind, config)).double().eval()
-    generator = torch.Generator().manual_seed(seed)
-    norm_gains = {f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.LayerNorm)}
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
-            if name in norm_gains:
-                p.copy_(1.0 + 0.2 * noise)  # LayerNorm gains around 1
-            elif p.dim() >= 2 and name not in ("pos_embed", "class_token"):
-                p.copy_(noise / math.sqrt(p.shape[-1]))  # keeps activations of order 1
-            else:
-                p.copy_(0.5 * noise)  # biases, LayerNorm shifts, class token, position embedding
-    return module
-
-
-def reference_state(module: nn.Module) -> dict[str, np.ndarray]:
-    return {name: p.detach().numpy().copy() for name, p in module.named_parameters()}
-
-
-def random_input(kind: str, config: ViTConfig, batch: int = 2, seed: int = 1) -> np.ndarray:
-    generator = np.random.default_rng(seed)
-    if kind == "ViT":
-        return generator.standard_normal((batch, 3, config.img_size, config.img_size))
-    return generator.standard_normal((batch, config.num_patches + 1, config.dim_hidden))
+def inputs(kind: str) -> np.ndarray:
+    """The fixed input each equivalence check feeds to a component (float64, batch 2)."""
+    return random_input(kind, DEFAULT, batch=2, seed=SEEDS[kind] + 100)
 
 
 @dataclass
-class ViTIntermediates:
-    """The reference ViT's values at every stage, for locating where a submission diverges."""
+class ViTStages:
+    """The reference ViT's values at every stage on `inputs("ViT")`."""
 
     patches: np.ndarray  # (B, num_patches, dim_patch)
     patch_embed: np.ndarray  # (B, num_patches, D)
-    class_token: np.ndarray  # (D,)
-    pos_embed: np.ndarray  # (N+1, D)
     tokens: np.ndarray  # (B, N+1, D) input of the first encoder layer
-    normed: np.ndarray  # (B, N+1, D) after the final LayerNorm
-    logits: np.ndarray  # (B, num_classes)
+    layer_outputs: list[np.ndarray] = field(default_factory=list)  # (B, N+1, D) after each encoder layer
+    normed: np.ndarray | None = None  # (B, N+1, D) after the final LayerNorm
+    logits: np.ndarray | None = None  # (B, num_classes)
 
 
-def run(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Reference output and, for attention modules, the attention weights."""
-    with torch.no_grad():
-        y = module(torch.from_numpy(x))
-    extras = {}
-    if isinstance(module, SelfAttention):
-        extras["attn_weights"] = module.attn_weights.numpy()
-    return y.numpy(), extras
+class Expected:
+    """The interface the equivalence checks use; see ReferenceExpected and VectorExpected."""
+
+    source = "unknown"
+    # The accuracy check's pass mark comes from training the reference; only the reference source can.
+    can_train_reference = False
+
+    def weights(self, kind: str) -> State:
+        shapes, gains = self.weight_layout(kind)
+        return random_weights(shapes, gains, SEEDS[kind])
+
+    def weight_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+        """The reference's parameter names and shapes, in order, and which are LayerNorm gains."""
+        raise NotImplementedError
+
+    def output(self, kind: str) -> tuple[np.ndarray, State]:
+        """The reference output on inputs(kind), and extras (the attention weights for SelfAttention)."""
+        raise NotImplementedError
+
+    def variants(self, kind: str) -> dict[str, np.ndarray]:
+        """{description of a known mistake: what it computes}: for FNN and SelfAttention on inputs(kind),
+        and for "patches", the mistaken patch splits of inputs("ViT")."""
+        raise NotImplementedError
+
+    def vit_stages(self) -> ViTStages:
+        raise NotImplementedError
+
+    def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
+        """The reference ViT's encoder layer `index` applied to `layer_in`, or None where unknown."""
+        raise NotImplementedError
 
 
-def vit_intermediates(model: ViT, x: np.ndarray) -> ViTIntermediates:
-    return _vit_intermediates(model, x.tobytes(), x.shape)
+def digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=4)
-def _vit_intermediates(model: ViT, data: bytes, shape: tuple[int, ...]) -> ViTIntermediates:
-    x = np.frombuffer(data, dtype=np.float64).reshape(shape).copy()
-    with torch.no_grad():
-        images = torch.from_numpy(x)
-        patches = model.patchify(images)
-        tokens = model.embed(images)
-        h = tokens
-        for layer in model.layers:
-            h = layer(h)
-        normed = model.norm(h)
-        return ViTIntermediates(
-            patches=patches.numpy(),
-            patch_embed=model.patch_embed(patches).numpy(),
-            class_token=model.class_token.reshape(-1).numpy(),
-            pos_embed=model.pos_embed.reshape(model.pos_embed.shape[1], -1).numpy(),
-            tokens=tokens.numpy(),
-            normed=normed.numpy(),
-            logits=model.linear(normed[:, 0]).numpy(),
-        )
+def random_weights(shapes: dict[str, tuple[int, ...]], norm_gains: set[str], seed: int) -> State:
+    """Random, non-zero float64 weights in parameter order; the same for the reference and the bundle,
+    which stores only the names and shapes (the weights of the default ViT alone are 76 MB)."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
+        if name in norm_gains:
+            noise = 1.0 + 0.2 * noise  # LayerNorm gains around 1
+        elif len(shape) >= 2 and name not in ("pos_embed", "class_token"):
+            noise = noise / math.sqrt(shape[-1])  # keeps activations of order 1
+        else:
+            noise = 0.5 * noise  # biases, LayerNorm shifts, class token, position embedding
+        weights[name] = noise.numpy()
+    return weights
+
+
+def record(expected: Expected, path: Path) -> Path:
+    """Write everything the checks ask of `expected` into a test-vector file (.npz, no pickles)."""
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict = {"format": VECTORS_FORMAT, "variants": {}}
+    meta["weights"] = {}
+    for kind in KINDS:
+        meta.setdefault("inputs", {})[kind] = digest(inputs(kind))
+        shapes, gains = expected.weight_layout(kind)
+        meta["weights"][kind] = {"shapes": {k: list(v) for k, v in shapes.items()}, "norm_gains": sorted(gains)}
+        if not all(np.array_equal(a, b) for a, b in zip(random_weights(shapes, gains, SEEDS[kind]).values(),
+                                                         expected.weights(kind).values(), strict=True)):
+            raise VectorsError(f"the {kind} weights are not reproducible from their layout and seed")
+    for kind in ("FNN", "SelfAttention", "TransformerEncoderLayer"):
+        y, extras = expected.output(kind)
+        arrays[f"{kind}/output"] = y
+        for name, value in extras.items():
+            arrays[f"{kind}/extra/{name}"] = value
+    for kind in ("FNN", "SelfAttention", "patches"):
+        found = expected.variants(kind)
+        meta["variants"][kind] = list(found)
+        for i, value in enumerate(found.values()):
+            arrays[f"{kind}/variant/{i}"] = value
+    stages = expected.vit_stages()
+    for f in fields(ViTStages):
+        value = getattr(stages, f.name)
+        if f.name == "layer_outputs":
+            for i, out in enumerate(value):
+                arrays[f"ViT/stage/layer_outputs/{i}"] = out
+        else:
+            arrays[f"ViT/stage/{f.name}"] = value
+    arrays["meta"] = np.array(json.dumps(meta))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path
+
+
+class VectorExpected(Expected):
+    """Expected values read from a test-vector file (the student bundle)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.source = f"test vectors {self.path.name}"
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                self.arrays = {name: data[name] for name in data.files}
+            self.meta = json.loads(str(self.arrays.pop("meta")))
+        except (OSError, ValueError, KeyError) as exc:
+            raise VectorsError(f"cannot read test vectors {self.path}: {exc}") from None
+        if self.meta.get("format") != VECTORS_FORMAT:
+            raise VectorsError(f"{self.path} has test-vector format {self.meta.get('format')}, this grader reads "
+                               f"{VECTORS_FORMAT}: get the bundle that matches your grader version")
+        for kind in KINDS:
+            if self.meta.get("inputs", {}).get(kind) != digest(inputs(kind)):
+                raise VectorsError(f"{self.path} was made for other {kind} inputs than this grader feeds")
+
+    def _group(self, prefix: str) -> State:
+        return {name[len(prefix):]: value for name, value in self.arrays.items() if name.startswith(prefix)}
+
+    @functools.cache  # noqa: B019 - a handful of instances per process
+    def weights(self, kind: str) -> State:
+        return super().weights(kind)
+
+    def weight_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+        layout = self.meta["weights"][kind]
+        return {k: tuple(v) for k, v in layout["shapes"].items()}, set(layout["norm_gains"])
+
+    def output(self, kind: str) -> tuple[np.ndarray, State]:
+        return self.arrays[f"{kind}/output"], self._group(f"{kind}/extra/")
+
+    def variants(self, kind: str) -> dict[str, np.ndarray]:
+        return {d: self.arrays[f"{kind}/variant/{i}"] for i, d in enumerate(self.meta["variants"][kind])}
+
+    def vit_stages(self) -> ViTStages:
+        stage = self._group("ViT/stage/")
+        layers = [stage[f"layer_outputs/{i}"] for i in range(sum(k.startswith("layer_outputs/") for k in stage))]
+        return ViTStages(patches=stage["patches"], patch_embed=stage["patch_embed"], tokens=stage["tokens"],
+                         layer_outputs=layers, normed=stage["normed"], logits=stage["logits"])
+
+    def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
+        # Only the reference's own path is recorded: answer where the input is (numerically) that path's.
+        stages = self.vit_stages()
+        path_in = stages.tokens if index == 0 else stages.layer_outputs[index - 1]
+        if layer_in is not None and layer_in.shape == path_in.shape and np.allclose(layer_in, path_in, 1e-4, 1e-5):
+            return stages.layer_outputs[index]
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def default_expected() -> Expected:
+    """The test vectors named by $VITGRADE_VECTORS or packaged with the grader, else the reference."""
+    named = os.environ.get("VITGRADE_VECTORS")
+    if named:
+        return VectorExpected(Path(named))
+    if PACKAGED_VECTORS.is_file():
+        return VectorExpected(PACKAGED_VECTORS)
+    from grader.reference_expected import ReferenceExpected
+
+    return ReferenceExpected()

@@ -11,6 +11,7 @@ from grader import __version__
 from grader.checks import CHECKS, EVALUATE_LAST, Check
 from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.checks.training import resolve_mode
+from grader.expected import Expected, default_expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
 from grader.report import CheckResult, Report
@@ -38,8 +39,7 @@ def _needs_float32(ctx: GradingContext) -> str | None:
     """Some submissions hard-code float32 tensors; probe once and fall back (with a warning)."""
     if "ViT" not in ctx.classes:
         return None
-    from grader.expected import random_input
-    from reference.vit import ViTConfig
+    from grader.spec import ViTConfig, random_input
 
     try:
         built = ctx.shared("ViT", kwargs=ViTConfig().kwargs())
@@ -90,7 +90,7 @@ def _result(check: Check, outcome: Outcome, rubric: Rubric) -> CheckResult:
 def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_id: str | None = None,
                      id_pattern: str | None = None, isolation: Isolation | None = None,
                      timeout: float | None = None, accuracy: str = "auto", data_dir: str | Path | None = None,
-                     threads: int = 0, gpu: str | None = None) -> Report:
+                     threads: int = 0, gpu: str | None = None, expected: Expected | None = None) -> Report:
     """Grade one submission; always returns a well-formed Report (never raises for bad input).
 
     `threads` caps the worker's CPU threads (0: torch's default) and `gpu` picks the worker's GPU
@@ -105,7 +105,7 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
         return Report.failure(student, str(path), str(error), environment=environment(),
                               fingerprint=fingerprint(path, rubric, accuracy))
     timings = {"intake": time.monotonic() - started}
-    options = {"accuracy": accuracy, "data_dir": data_dir}
+    options = {"accuracy": accuracy, "data_dir": data_dir, "expected": expected or default_expected()}
     with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads, gpu), isolation=isolation) as sandbox:
         report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings,
                              options)
@@ -118,6 +118,7 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
                 timings: dict[str, float], options: dict) -> Report:
     deadline = time.monotonic() + timeout
     ctx = GradingContext(submission, sandbox, rubric)
+    ctx.expected = options.pop("expected")
     ctx.notes.update(options)
     warnings = list(submission.warnings)
     started = time.monotonic()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from grader.checks.mapping import Param, Recipe, parse_params
+from grader.expected import Expected, default_expected
 from grader.intake import Submission
 from grader.rubric import Rubric, Tolerance
 from grader.sandbox import Reply, Sandbox, SandboxError
@@ -81,6 +82,7 @@ class GradingContext:
         self.notes: dict[str, Any] = {}
         self._handles = itertools.count()
         self._shared: dict[str, Built] = {}
+        self.expected: Expected = default_expected()
 
     @property
     def precision(self) -> str:

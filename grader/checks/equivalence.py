@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from grader.checks import diagnose
 from grader.checks.context import Built, CheckFailed, Comparison, GradingContext, Outcome
@@ -24,17 +23,9 @@ from grader.checks.mapping import (
     layer_recipes,
     vit_recipe,
 )
-from grader.expected import (
-    DEFAULT,
-    build_reference,
-    component_args,
-    random_input,
-    reference_state,
-    run,
-    vit_intermediates,
-)
+from grader.expected import inputs
+from grader.spec import DEFAULT, component_args
 
-SEEDS = {"FNN": 11, "SelfAttention": 12, "TransformerEncoderLayer": 13, "ViT": 14}
 CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
 
 
@@ -87,10 +78,8 @@ def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
     if key in ctx.notes:
         return ctx.notes[key]
     built = ctx.shared(kind, component_args(kind, DEFAULT))
-    reference = build_reference(kind, DEFAULT, seed=SEEDS[kind])
-    state = reference_state(reference)
-    x = random_input(kind, DEFAULT, batch=2, seed=SEEDS[kind] + 100)
-    expected, extras = run(reference, x)
+    state, x = ctx.expected.weights(kind), inputs(kind)
+    expected, extras = ctx.expected.output(kind)
     try:
         recipes = recipes_for(built.params, DEFAULT)
     except MappingError as exc:
@@ -114,7 +103,7 @@ def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
     return ctx.notes[key]
 
 
-def _verdict(ctx: GradingContext, kind: str, search: Search, variants) -> Outcome:
+def _verdict(ctx: GradingContext, kind: str, search: Search) -> Outcome:
     tried = len(search.trials)
     if search.match:
         return Outcome.passed(f"matches the reference (max error {search.match.output.max_abs:.2g}) with mapping: "
@@ -124,7 +113,7 @@ def _verdict(ctx: GradingContext, kind: str, search: Search, variants) -> Outcom
     best = search.best
     tol = ctx.tolerance
     # The right mapping is not always the closest one when the function is wrong: ask every trial.
-    known = variants(search.state, search.x)
+    known = ctx.expected.variants(kind)
     likely = next((hit for t in search.trials if (hit := diagnose.closest(t.y, known, tol.rtol, tol.atol))), None)
     reason = f"likely bug: {likely}" if likely else best.output.message or f"max error {best.output.max_abs:.3g}"
     return Outcome.failed(f"{kind} output differs from the reference ({reason}); {tried} weight mapping(s) tried, "
@@ -142,12 +131,11 @@ def attention_search(ctx: GradingContext) -> Search:
 
 
 def check_fnn(ctx: GradingContext) -> Outcome:
-    return _verdict(ctx, "FNN", fnn_search(ctx), lambda state, x: diagnose.fnn_variants(state, x))
+    return _verdict(ctx, "FNN", fnn_search(ctx))
 
 
 def check_self_attention(ctx: GradingContext) -> Outcome:
-    return _verdict(ctx, "SelfAttention", attention_search(ctx),
-                    lambda state, x: diagnose.attention_variants(state, x, DEFAULT.num_heads))
+    return _verdict(ctx, "SelfAttention", attention_search(ctx))
 
 
 def check_attention_weights(ctx: GradingContext) -> Outcome:
@@ -216,10 +204,8 @@ def layer_search(ctx: GradingContext) -> dict:
         return ctx.notes["layer"]
     attention, fnn, differing = _component_status(ctx)
     built = ctx.shared("TransformerEncoderLayer", component_args("TransformerEncoderLayer", DEFAULT))
-    reference = build_reference("TransformerEncoderLayer", DEFAULT, seed=SEEDS["TransformerEncoderLayer"])
-    state = reference_state(reference)
-    x = random_input("TransformerEncoderLayer", DEFAULT, batch=2, seed=113)
-    expected, _ = run(reference, x)
+    state, x = ctx.expected.weights("TransformerEncoderLayer"), inputs("TransformerEncoderLayer")
+    expected, _ = ctx.expected.output("TransformerEncoderLayer")
     try:
         recipes = layer_recipes(built.params, built.modules, DEFAULT, attention, fnn, CLASSES)
     except MappingError as exc:
@@ -276,10 +262,8 @@ def check_vit(ctx: GradingContext) -> Outcome:
         raise CheckFailed("ViT: the encoder layer's weights could not be mapped (see equiv.encoder_layer)")
     layer_recipe, layer_matches = usable[0]["recipe"], usable[0]["output"].close
     built = ctx.shared("ViT", kwargs=DEFAULT.kwargs())
-    reference = build_reference("ViT", DEFAULT, seed=SEEDS["ViT"])
-    state = reference_state(reference)
-    x = random_input("ViT", DEFAULT, batch=2, seed=114)
-    stages = vit_intermediates(reference, x)
+    state, x = ctx.expected.weights("ViT"), inputs("ViT")
+    stages = ctx.expected.vit_stages()
     try:
         recipe = vit_recipe(built.params, built.modules, DEFAULT, layer_recipe, CLASSES)
     except MappingError as exc:
@@ -291,7 +275,7 @@ def check_vit(ctx: GradingContext) -> Outcome:
     details = {"mapping": recipe.description, "precision": ctx.precision, **output.as_details()}
     if output.close:
         return Outcome.passed(f"matches the reference (max error {output.max_abs:.2g})", **details)
-    stage, problem = locate_divergence(ctx, reply, stages, state, x, patch_name, head_name, layers, reference)
+    stage, problem = locate_divergence(ctx, reply, stages, state, patch_name, head_name, layers)
     details["diverges_at"] = stage
     if stage == "encoder layers" and not layer_matches:
         return Outcome.passed("wired as in the handout (patch split, class token, position embedding, layers in "
@@ -300,13 +284,13 @@ def check_vit(ctx: GradingContext) -> Outcome:
     return Outcome.failed(f"ViT output differs from the reference; first divergence at {stage}: {problem}", **details)
 
 
-def locate_divergence(ctx, reply, stages, state, x, patch_name, head_name, layers, reference) -> tuple[str, str]:
+def locate_divergence(ctx, reply, stages, state, patch_name, head_name, layers) -> tuple[str, str]:
     """The first stage where the student's ViT leaves the reference's path, and why."""
     a = reply.arrays
     tol = ctx.tolerance
     patch_in, patch_out = a.get(f"in:{patch_name}"), a.get(f"out:{patch_name}")
     if patch_in is not None and patch_in.ndim == 3 and not _close(ctx, patch_in, stages.patches):
-        likely = diagnose.closest(patch_in, diagnose.patch_variants(x, DEFAULT.patch_size), tol.rtol, tol.atol)
+        likely = diagnose.closest(patch_in, ctx.expected.variants("patches"), tol.rtol, tol.atol)
         return "patch split", likely or f"patches {patch_in.shape} differ from the handout's (B, 64, 48) split"
     if patch_out is not None and patch_out.ndim == 4:  # Conv2d: (B, D, h, w) -> (B, h*w, D)
         patch_out = patch_out.reshape(patch_out.shape[0], patch_out.shape[1], -1).transpose(0, 2, 1)
@@ -327,8 +311,10 @@ def locate_divergence(ctx, reply, stages, state, x, patch_name, head_name, layer
         layer_in, layer_out = a.get(f"in:{name}"), a.get(f"out:{name}")
         if i > 0 and not _close(ctx, layer_in, a.get(f"out:{layers[i - 1]}")):
             return f"encoder layer {i}", f"layer {i} does not receive layer {i - 1}'s output"
-        with torch.no_grad():
-            expected = reference.layers[i](torch.from_numpy(layer_in)).numpy()
+        expected = ctx.expected.layer_output(i, layer_in)
+        if expected is None:
+            return f"encoder layer {i}", (f"layer {i}'s input differs from the reference's path, where the "
+                                          f"{ctx.expected.source} have no values to compare with")
         if not _close(ctx, layer_out, expected):
             return "encoder layers", (f"layer {i} differs from a reference layer on the same input; if "
                                       "TransformerEncoderLayer alone matches, check the arguments ViT passes to it")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reference.vit import ViTConfig
+from grader.spec import ViTConfig
 
 State = dict[str, np.ndarray]
 MAX_CANDIDATES = 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from grader.checks.context import Built, CheckFailed, GradingContext, Outcome
-from grader.expected import DEFAULT, component_args, random_input
+from grader.spec import DEFAULT, component_args, random_input
 
 SOFTMAX_ATOL = {"float64": 1e-9, "float32": 1e-5}
 

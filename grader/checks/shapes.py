@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.checks.mapping import LINEAR_OWNERS, find_modules
-from grader.expected import ALTERNATIVE, DEFAULT, component_args, random_input
-from reference.vit import ViTConfig
+from grader.spec import ALTERNATIVE, DEFAULT, ViTConfig, component_args, random_input
 
 BATCHES = (1, 2)
 

@@ -1,0 +1,151 @@
+"""Expected values computed with the reference solution (the instructor's install; not in the student bundle).
+
+This and `reference/` are the only code that computes a correct ViT, or the known mistakes
+that sit next to one; the student bundle gets their numbers through `grader.expected.record`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from grader.expected import SEEDS, Expected, State, ViTStages, inputs, random_weights
+from grader.spec import DEFAULT, ViTConfig, component_args, component_kwargs
+from reference.vit import FNN, SelfAttention, TransformerEncoderLayer, ViT
+
+
+@functools.lru_cache(maxsize=16)
+def build_reference(kind: str, config: ViTConfig = DEFAULT, seed: int = 0) -> nn.Module:
+    """A float64 reference module whose every parameter is random and non-zero (cached: never mutate it)."""
+    cls = {"FNN": FNN, "SelfAttention": SelfAttention, "TransformerEncoderLayer": TransformerEncoderLayer, "ViT": ViT}[kind]
+    module = cls(*component_args(kind, config), **component_kwargs(kind, config)).double().eval()
+    shapes, gains = layout(module)
+    with torch.no_grad():
+        for (name, p), value in zip(module.named_parameters(), random_weights(shapes, gains, seed).values(),
+                                    strict=True):
+            assert name in shapes
+            p.copy_(torch.from_numpy(value))
+    return module
+
+
+def layout(module: nn.Module) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    gains = {f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.LayerNorm)}
+    return shapes, gains
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class ReferenceExpected(Expected):
+    source = "reference solution"
+    can_train_reference = True
+
+    def _module(self, kind: str) -> nn.Module:
+        return build_reference(kind, DEFAULT, seed=SEEDS[kind])
+
+    def weights(self, kind: str) -> State:
+        return {name: p.detach().numpy().copy() for name, p in self._module(kind).named_parameters()}
+
+    def weight_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+        return layout(self._module(kind))
+
+    def output(self, kind: str) -> tuple[np.ndarray, State]:
+        module = self._module(kind)
+        with torch.no_grad():
+            y = module(_t(inputs(kind)))
+        extras = {"attn_weights": module.attn_weights.numpy()} if isinstance(module, SelfAttention) else {}
+        return y.numpy(), extras
+
+    def variants(self, kind: str) -> dict[str, np.ndarray]:
+        if kind == "FNN":
+            return fnn_variants(self.weights("FNN"), inputs("FNN"))
+        if kind == "SelfAttention":
+            return attention_variants(self.weights("SelfAttention"), inputs("SelfAttention"), DEFAULT.num_heads)
+        if kind == "patches":
+            return patch_variants(inputs("ViT"), DEFAULT.patch_size)
+        raise KeyError(kind)
+
+    @functools.cache  # noqa: B019 - one instance per process; the stages never change
+    def vit_stages(self) -> ViTStages:
+        model = self._module("ViT")
+        with torch.no_grad():
+            images = _t(inputs("ViT"))
+            patches = model.patchify(images)
+            tokens = model.embed(images)
+            outputs, h = [], tokens
+            for layer in model.layers:
+                h = layer(h)
+                outputs.append(h.numpy())
+            normed = model.norm(h)
+            return ViTStages(patches=patches.numpy(), patch_embed=model.patch_embed(patches).numpy(),
+                             tokens=tokens.numpy(), layer_outputs=outputs, normed=normed.numpy(),
+                             logits=model.linear(normed[:, 0]).numpy())
+
+    def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
+        if layer_in is None:
+            return None
+        with torch.no_grad():
+            return self._module("ViT").layers[index](_t(layer_in)).numpy()
+
+
+def attention_variants(ref: State, x: np.ndarray, heads: int) -> dict[str, np.ndarray]:
+    xt = _t(x)
+    b, n, d = xt.shape
+    dh = d // heads
+    qkv = (xt @ _t(ref["proj_in.weight"]).T).view(b, n, 3, heads, dh).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, H, N, Dh)
+    w_out, b_out = _t(ref["proj_out.weight"]), _t(ref["proj_out.bias"])
+
+    def finish(context: torch.Tensor, transpose: bool = True, project: bool = True) -> np.ndarray:
+        merged = context.transpose(1, 2).reshape(b, n, d) if transpose else context.reshape(b, n, d)
+        return (merged @ w_out.T + b_out if project else merged).numpy()
+
+    scores = q @ k.transpose(-2, -1)
+    right = (scores * dh**-0.5).softmax(-1)
+    return {
+        "the softmax runs over the query axis (dim=-2); it must normalise over the keys (dim=-1)":
+            finish((scores * dh**-0.5).softmax(-2) @ v),
+        "the scores are not scaled by 1/sqrt(head dim)": finish(scores.softmax(-1) @ v),
+        "the scores are scaled by 1/sqrt(dim_hidden) instead of 1/sqrt(head dim)":
+            finish((scores * d**-0.5).softmax(-1) @ v),
+        "the scores are scaled by sqrt(head dim) instead of divided by it": finish((scores * dh**0.5).softmax(-1) @ v),
+        "there is no softmax on the scores": finish((scores * dh**-0.5) @ v),
+        "the heads are merged without transposing (B, H, N, Dh) back to (B, N, H, Dh)": finish(right @ v, transpose=False),
+        "the output projection (proj_out) is not applied": finish(right @ v, project=False),
+        "the attention weights multiply the keys instead of the values": finish(right @ k),
+    }
+
+
+def fnn_variants(ref: State, x: np.ndarray) -> dict[str, np.ndarray]:
+    xt = _t(x)
+    hidden = xt @ _t(ref["linear1.weight"]).T + _t(ref["linear1.bias"])
+
+    def out(h: torch.Tensor) -> np.ndarray:
+        return (h @ _t(ref["linear2.weight"]).T + _t(ref["linear2.bias"])).numpy()
+
+    return {
+        "ReLU is used where the handout uses GELU": out(F.relu(hidden)),
+        "GELU with the tanh approximation is used; the handout uses the exact GELU (nn.GELU())":
+            out(F.gelu(hidden, approximate="tanh")),
+        "there is no activation between the two linear layers": out(hidden),
+    }
+
+
+def patch_variants(images: np.ndarray, patch: int) -> dict[str, np.ndarray]:
+    """Mistakes in splitting (B, C, H, W) images into flattened patches."""
+    b, c, h, w = images.shape
+    grid = images.reshape(b, c, h // patch, patch, w // patch, patch)
+    return {
+        "patches are flattened channel-last (y, x, c); the handout flattens (c, y, x)":
+            grid.transpose(0, 2, 4, 3, 5, 1).reshape(b, -1, c * patch * patch),
+        "the patch grid is read column by column instead of row by row":
+            grid.transpose(0, 4, 2, 1, 3, 5).reshape(b, -1, c * patch * patch),
+        "the image is reshaped into patches without permuting the axes (pixels of different patches are mixed)":
+            images.reshape(b, -1, c * patch * patch),
+    }
