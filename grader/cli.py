@@ -161,6 +161,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assign(args: argparse.Namespace) -> int:
+    try:
+        from grader.assign import LANGUAGES, assign
+    except ImportError:
+        raise UsageError("`vitgrade assign` needs the instructor's package (the student bundle cannot build "
+                         "handouts)") from None
+    languages = LANGUAGES if args.lang == "all" else (args.lang,)
+    built = assign(args.out, languages)
+    for path in built.files:
+        print(path)
+    print(f"built {len(built.files)} files under {args.out}: hand out {args.out / 'student'}, keep "
+          f"{args.out / 'instructor'}")
+    return 0
+
+
 def _rubric(args: argparse.Namespace):
     from grader.rubric import RubricError, load_rubric
 
@@ -221,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--images", type=int, help="training images per loop")
     bench_parser.add_argument("--batch-size", type=int)
     bench_parser.set_defaults(func=cmd_bench)
+
+    assign_parser = sub.add_parser("assign", help="build the student/solution notebooks (ja, en), rubric and "
+                                                  "self-check bundle")
+    assign_parser.add_argument("--out", type=Path, required=True, help="output folder")
+    assign_parser.add_argument("--lang", choices=["ja", "en", "all"], default="all")
+    assign_parser.set_defaults(func=cmd_assign)
 
     calibrate = sub.add_parser("calibrate", help="train the reference over several seeds; suggest the margin")
     calibrate.add_argument("--seeds", type=int, default=3)

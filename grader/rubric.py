@@ -16,7 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_RUBRIC = assignment_dir() / "rubric.toml"
-SECTIONS = {"meta", "points", "tolerances", "forbidden", "limits", "accuracy"}
+SECTIONS = {"meta", "points", "tolerances", "forbidden", "limits", "accuracy", "tasks"}
 
 
 class RubricError(ValueError):
@@ -38,6 +38,7 @@ class Rubric:
     forbidden_apis: list[str]
     limits: dict[str, float]
     accuracy: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
 
     def enabled(self, check_id: str) -> bool:
@@ -91,6 +92,32 @@ def _accuracy_mode(spec: Any, where: str) -> dict[str, Any]:
     return dict(spec)
 
 
+TASK2_CHOICES = {"output": ("Q", "K", "V"), "role_of_the_other_two": ("a", "b", "c")}
+
+
+def _tasks(spec: Any, where: str) -> dict[str, Any]:
+    """[tasks]: task1_second (the second configuration of 課題1) and task2_key (the multiple-choice key)."""
+    _require(isinstance(spec, dict), where, "expected a table")
+    for key in spec:
+        _require(key in ("task1_second", "task2_key"), f"{where}.{key}", "unknown key (allowed: task1_second, task2_key)")
+    second = spec.get("task1_second", {})
+    _require(isinstance(second, dict), f"{where}.task1_second", "expected a table of ViT constructor arguments")
+    for key, value in second.items():
+        _require(key in CONFIG_KEYS, f"{where}.task1_second.{key}", "not a ViT constructor argument")
+        _number(value, f"{where}.task1_second.{key}", minimum=1)
+    if second:
+        _require(second.get("img_size", 32) % second.get("patch_size", 4) == 0, f"{where}.task1_second",
+                 "img_size must be a multiple of patch_size")
+    key = spec.get("task2_key", {})
+    _require(isinstance(key, dict), f"{where}.task2_key", "expected a table")
+    for question, answer in key.items():
+        _require(question in TASK2_CHOICES, f"{where}.task2_key.{question}",
+                 f"unknown question (allowed: {', '.join(TASK2_CHOICES)})")
+        _require(answer in TASK2_CHOICES[question], f"{where}.task2_key.{question}",
+                 f"must be one of {', '.join(TASK2_CHOICES[question])}")
+    return dict(spec)
+
+
 def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = None) -> Rubric:
     """Read a rubric TOML file; raise RubricError naming the first bad key."""
     path = Path(path) if path else DEFAULT_RUBRIC
@@ -124,6 +151,7 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
     for key in forbidden:
         _require(key in ("modules", "apis"), f"{path}: forbidden.{key}", "unknown key (allowed: modules, apis)")
     accuracy = {mode: _accuracy_mode(spec, f"{path}: accuracy.{mode}") for mode, spec in data.get("accuracy", {}).items()}
+    tasks = _tasks(data.get("tasks", {}), f"{path}: tasks")
     limits = {}
     for key, value in data.get("limits", {}).items():
         _require(key in ("request_timeout", "submission_timeout", "memory_gib"), f"{path}: limits.{key}", "unknown key")
@@ -136,5 +164,6 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         forbidden_apis=_strings(forbidden.get("apis", []), f"{path}: forbidden.apis"),
         limits={"request_timeout": 60.0, "submission_timeout": 600.0, "memory_gib": 6.0, **limits},
         accuracy=accuracy,
+        tasks=tasks,
         digest=hashlib.sha256(raw_bytes).hexdigest(),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from grader.checks import equivalence, load, props, shapes, static, training
+from grader.checks import equivalence, load, props, shapes, static, tasks, training
 from grader.checks.context import GradingContext, Outcome
 
 
@@ -40,6 +40,14 @@ CHECKS: tuple[Check, ...] = (
           equivalence.check_encoder_layer),
     Check("equiv.vit", "ViT computes the reference function", equivalence.check_vit),
     Check("train.accuracy", "The model learns: test accuracy after training", training.check_accuracy),
+    Check("task1.shapes", "課題1: shape at every stage, two configurations", tasks.check_task1_shapes,
+          needs_worker=False),
+    Check("task1.diagram", "課題1: network diagram (graded by a person)", tasks.check_task1_diagram, needs_worker=False),
+    Check("task2.choice", "課題2: Q/K/V multiple choice", tasks.check_task2_choice, needs_worker=False),
+    Check("task2.explanation", "課題2: explanation (graded by a person)", tasks.check_task2_explanation,
+          needs_worker=False),
+    Check("task3.answer", "課題3: heatmaps and Grad-CAM (graded by a person)", tasks.check_task3_answer,
+          needs_worker=False),
 )
 # static.forbidden also reports forbidden calls seen at run time, so it is evaluated last.
 EVALUATE_LAST = ("static.forbidden",)

@@ -1,0 +1,93 @@
+"""The student bundle: the grader without the solution, with test vectors in its place (pip-installable)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import tomli_w
+
+from grader import __version__
+from grader.expected import PACKAGED_VECTORS, record
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+GRADER = Path(__file__).resolve().parent
+# Modules that compute the solution or need it; the bundle leaves them out.
+INSTRUCTOR_ONLY = ("reference_expected.py", "assign.py", "bundle.py")
+# Rubric entries that stay with the instructor: the multiple-choice answer key and its check.
+ANSWER_KEYS = (("tasks", "task2_key"), ("points", "task2.choice"))
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "vitgrade-student"
+version = "{version}"
+description = "Self-check for the ViT on CIFAR-10 assignment (test vectors; no solution inside)."
+requires-python = ">=3.10"
+dependencies = ["torch>=2.1", "numpy>=1.24", "nbformat>=5.9", "pandas>=2.0", "matplotlib>=3.7", "jinja2>=3.1",
+                "tqdm>=4.66", "tomli>=2.0; python_version < '3.11'"]
+
+[project.scripts]
+vitgrade = "grader.cli:main"
+
+[tool.setuptools.packages.find]
+include = ["grader*", "assignments*", "reference*"]
+
+[tool.setuptools.package-data]
+grader = ["test_vectors.npz", "**/*.j2"]
+assignments = ["**/rubric.toml"]
+"""
+
+README = """\
+# vitgrade-student
+
+The self-check for the ViT on CIFAR-10 assignment. It runs the same checks as the course's grader
+on your notebook, comparing your classes with test vectors (inputs, weights and expected outputs
+computed from the reference solution; the solution itself is not included). The accuracy check
+and the multiple-choice answers are graded by the instructor only.
+
+    pip install ./vitgrade_student
+    vitgrade check vit_cifar10_en.ipynb
+
+or run the notebook's self-check cell.
+"""
+
+
+def student_rubric(text: str) -> str:
+    rubric = tomllib.loads(text)
+    for section, key in ANSWER_KEYS:
+        rubric.get(section, {}).pop(key, None)
+    return "# The course rubric without the answer keys that stay with the instructor.\n" + tomli_w.dumps(rubric)
+
+
+def write_bundle(dest: Path) -> Path:
+    """Write the pip-installable bundle to `dest` (replacing it) and return `dest`."""
+    from assignments import assignment_dir
+    from grader.reference_expected import ReferenceExpected
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(GRADER, dest / "grader", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *INSTRUCTOR_ONLY,
+                                                                            PACKAGED_VECTORS.name))
+    record(ReferenceExpected(), dest / "grader" / PACKAGED_VECTORS.name)
+    rubric_dir = dest / "assignments" / assignment_dir().name
+    rubric_dir.mkdir(parents=True)
+    shutil.copyfile(assignment_dir().parent / "__init__.py", dest / "assignments" / "__init__.py")
+    (rubric_dir / "rubric.toml").write_text(student_rubric((assignment_dir() / "rubric.toml").read_text("utf-8")),
+                                            encoding="utf-8")
+    # The attention-map helpers are part of the handout (they are printed in the notebook), not the solution.
+    (dest / "reference").mkdir()
+    (dest / "reference" / "__init__.py").write_text('"""Attention-map helpers (the student bundle has no solution)."""\n')
+    shutil.copyfile(assignment_dir().parent.parent / "reference" / "attention_maps.py",
+                    dest / "reference" / "attention_maps.py")
+    (dest / "pyproject.toml").write_text(PYPROJECT.format(version=__version__), encoding="utf-8")
+    (dest / "README.md").write_text(README, encoding="utf-8")
+    return dest

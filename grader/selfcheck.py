@@ -1,0 +1,37 @@
+"""The notebook's self-check cell: run `vitgrade check` on the saved notebook and show a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grader.report import Report
+
+
+def check_notebook(path: str | Path, accuracy: str = "off") -> Report:
+    """Grade the saved notebook at `path` as `vitgrade check` does and display the result.
+
+    Training is off by default (it takes minutes); `accuracy="quick"` runs it on the CPU.
+    """
+    import pandas as pd
+
+    from grader.grading import grade_submission
+    from grader.render.text import render_table
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: save the notebook and pass its file name (in Colab, download "
+                                f"it and run `vitgrade check` on your computer)")
+    report = grade_submission(path, accuracy=accuracy)
+    try:
+        from IPython.display import Markdown, display
+    except ImportError:  # a plain Python session
+        print(render_table(report))
+        return report
+    rows = [{"check": c.id, "status": c.status.upper(), "points": f"{c.points if c.points is not None else '-'}"
+             f"/{c.max_points:g}", "message": c.message} for c in report.checks]
+    display(Markdown(f"**{report.student}**: {report.score:g} / {report.max_score:g} points"
+                     + (f" — {report.error}" if report.error else "")))
+    display(pd.DataFrame(rows).style.hide(axis="index").set_properties(**{"text-align": "left"}))
+    for warning in report.warnings:
+        display(Markdown(f"- warning: {warning}"))
+    return report
