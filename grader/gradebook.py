@@ -71,4 +71,29 @@ def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric)
     from grader.render.summary import render_summary
 
     write_atomic(out / "summary.html", render_summary(reports, frame, check_ids, codes, problems))
+    write_ta_sheet(out, reports)
     return missing
+
+
+TA_COLUMNS = ["student_id", "check_id", "points", "comment", "max_points", "answer"]
+
+
+def write_ta_sheet(out: Path, reports: list[Report]) -> None:
+    """ta_sheet.csv (fill in points and comment, then merge with --manual) and ta_sheet.html (for reading).
+
+    One row per manual check still awaiting a person; the CSV's first four columns are what
+    `--manual` reads, so the sheet goes back as it is.
+    """
+    from grader.render.html import render_page
+
+    rows = [{"student_id": r.student, "check_id": c.id, "points": "", "comment": "", "max_points": c.max_points,
+             "answer": c.details.get("answer", "")}
+            for r in sorted(reports, key=lambda r: r.student) for c in r.checks
+            if c.status == "manual" and c.points is None]
+    frame = pd.DataFrame(rows, columns=TA_COLUMNS)
+    write_atomic(out / "ta_sheet.csv", frame.to_csv(index=False))
+    groups = [(check_id, [row for row in rows if row["check_id"] == check_id])
+              for check_id in dict.fromkeys(row["check_id"] for row in rows)]
+    write_atomic(out / "ta_sheet.html", render_page("ta_sheet.html.j2", rows=rows, groups=groups,
+                                                    students=len({row["student_id"] for row in rows}),
+                                                    assignment="ViT on CIFAR-10"))

@@ -24,8 +24,12 @@ def merge_manual(out: Path, csv_path: Path) -> list[str]:
     if missing:
         raise ValueError(f"manual scores {csv_path}: missing column(s) {', '.join(sorted(missing))}")
     notes = []
+    ungraded = 0
     for line, row in enumerate(table.itertuples(index=False), start=2):
         where = f"{csv_path.name} line {line}"
+        if pd.isna(row.points):  # a TA sheet row nobody has graded yet
+            ungraded += 1
+            continue
         folder = student_dir(out, safe_id(str(row.student_id)))
         try:
             report = load_report(folder / "report.json")
@@ -36,7 +40,11 @@ def merge_manual(out: Path, csv_path: Path) -> list[str]:
         if check is None or check.status != "manual":
             notes.append(f"{where}: {row.check_id} is not a manual check of {row.student_id}")
             continue
-        points = float(row.points)
+        try:
+            points = float(row.points)
+        except (TypeError, ValueError):
+            notes.append(f"{where}: points {row.points!r} is not a number")
+            continue
         if not 0 <= points <= check.max_points:
             notes.append(f"{where}: {points} points is outside 0..{check.max_points:g} for {row.check_id}")
             continue
@@ -47,4 +55,6 @@ def merge_manual(out: Path, csv_path: Path) -> list[str]:
         write_atomic(folder / "report.md", render_markdown(report))
         write_atomic(folder / "report.html", render_html(report))
         write_atomic(folder / "report.json", report.to_json())
+    if ungraded:
+        notes.append(f"{csv_path.name}: {ungraded} row(s) without points were left for later")
     return notes

@@ -32,6 +32,29 @@ def rubric():
     return load_rubric()
 
 
+def code_rubric():
+    """The bundled rubric without the written tasks, for code-only submissions (.py files, folders)."""
+    from grader.rubric import load_rubric
+
+    rubric = load_rubric()
+    rubric.points = {k: v for k, v in rubric.points.items() if not k.startswith("task")}
+    return rubric
+
+
+@pytest.fixture(scope="session")
+def code_rubric_file(tmp_path_factory) -> Path:
+    import tomli_w
+    import tomllib
+
+    from grader.rubric import DEFAULT_RUBRIC
+
+    data = tomllib.loads(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
+    data["points"] = {k: v for k, v in data["points"].items() if not k.startswith("task")}
+    path = tmp_path_factory.mktemp("rubric") / "code_only.toml"
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def best_isolation() -> str:
     from grader.sandbox import available_levels

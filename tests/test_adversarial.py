@@ -21,7 +21,7 @@ from grader.batch import BatchOptions, grade_batch
 from grader.grading import grade_submission
 from grader.sandbox import available_levels
 
-from .conftest import HANDOUT_SOURCE
+from .conftest import HANDOUT_SOURCE, code_rubric
 
 TOKEN = uuid.uuid4().hex[:12]
 SECRET = f"grader-secret-{TOKEN}"
@@ -155,9 +155,8 @@ def processes_with(marker: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    from grader.rubric import load_rubric
 
-    rubric = copy.deepcopy(load_rubric())
+    rubric = copy.deepcopy(code_rubric())  # the honest student submits code only
     rubric.limits.update(request_timeout=8.0, submission_timeout=120.0, memory_gib=2.0)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -27,12 +27,12 @@ def vitgrade(*args: str, timeout: float = 600, **kwargs) -> subprocess.Completed
 def test_help_lists_the_commands():
     result = vitgrade("--help")
     assert result.returncode == 0
-    for command in ("check", "grade", "data", "train", "bench", "calibrate"):
+    for command in ("check", "grade", "data", "train", "bench", "calibrate", "assign"):
         assert command in result.stdout
 
 
-def test_check_correct_submission_exits_0_and_writes_json_and_junit(tmp_path):
-    result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--accuracy", "off",
+def test_check_correct_submission_exits_0_and_writes_json_and_junit(tmp_path, code_rubric_file):
+    result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--accuracy", "off", "--rubric", str(code_rubric_file),
                       "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "j.xml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "equiv.self_attention" in result.stdout and "PASS" in result.stdout
@@ -81,12 +81,12 @@ def batch_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def test_grade_a_class(batch_dir, tmp_path):
+def test_grade_a_class(batch_dir, tmp_path, code_rubric_file):
     out = tmp_path / "out"
     roster = tmp_path / "roster.csv"
     roster.write_text("student_id,name\nalice,A\nbob,B\ncarol,C\ndave,D\neve,E\nfrank,F\n", encoding="utf-8")
     result = vitgrade("grade", str(batch_dir), "--out", str(out), "--accuracy", "off", "--roster", str(roster),
-                      "--gradescope", "--quiet")
+                      "--gradescope", "--quiet", "--rubric", str(code_rubric_file))
     assert result.returncode == 0, result.stderr
     assert "ignored 1 entries" in result.stdout and "1 missing" in result.stdout
     book = pd.read_csv(out / "gradebook.csv").set_index("student")

@@ -10,6 +10,7 @@ import torch
 
 from grader.grading import grade_submission
 
+from .conftest import code_rubric
 from .corpus import MUTANTS, variants
 
 VARIANTS = variants()
@@ -24,7 +25,8 @@ def _grade_all(tmp: Path, sources: dict[str, str | Path]) -> dict:
             paths[name] = tmp / f"{name.replace(':', '_')}.py"
             paths[name].write_text(source, encoding="utf-8")
     with ThreadPoolExecutor(max_workers=2) as pool:  # two workers of one thread each on two cores
-        futures = {name: pool.submit(grade_submission, path, student_id=name, accuracy="off", threads=1)
+        futures = {name: pool.submit(grade_submission, path, student_id=name, accuracy="off", threads=1,
+                                           rubric=code_rubric())
                    for name, path in paths.items()}
         return {name: future.result() for name, future in futures.items()}
 

@@ -13,12 +13,10 @@ from grader.similarity import similar_pairs
 
 
 def _starter_code() -> str:
-    """The code every student received (the reference with the handout's names), excluded from similarity."""
-    import inspect
+    """The code every student received (the student handout's cells), excluded from similarity."""
+    from grader.assign import build_notebook
 
-    import reference.vit
-
-    return inspect.getsource(reference.vit)
+    return "\n\n".join(c.source for c in build_notebook("en", "student").cells if c.cell_type == "code")
 
 
 def render_summary(reports: list[Report], frame: pd.DataFrame, check_ids: list[str], codes: dict[str, str],

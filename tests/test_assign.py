@@ -1,0 +1,180 @@
+"""vitgrade assign: the ja/en notebooks, the solution, the written tasks, the student bundle and its checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader.assign import LANGUAGES, build_notebook
+from grader.cli import main
+from grader.expected import VectorExpected
+from grader.grading import grade_submission
+from grader.rubric import load_rubric
+
+from .conftest import EXAMPLES
+
+AUTOMATIC_TASKS = ("task1.shapes", "task2.choice")
+MANUAL_TASKS = ("task1.diagram", "task2.explanation", "task3.answer")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("assign")
+    assert main(["assign", "--out", str(out)]) == 0
+    return out
+
+
+def _shape(notebook: nbformat.NotebookNode) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(c.id, c.cell_type, tuple(c.metadata.get("tags", []))) for c in notebook.cells]
+
+
+@pytest.mark.parametrize("version", ["student", "solution"])
+def test_notebooks_validate_and_both_languages_have_the_same_cells_and_tags(version):
+    ja, en = (build_notebook(lang, version) for lang in LANGUAGES)
+    for notebook in (ja, en):
+        nbformat.validate(notebook)
+    assert _shape(ja) == _shape(en)
+    tags = {t for _, _, ts in _shape(ja) for t in ts}
+    assert {"task1", "task2", "task3", "task1-shapes", "task1-diagram", "task2-choice", "task2-explanation",
+            "task3-answer", "selfcheck"} <= tags
+    # Each notebook speaks its own language: no bilingual markers or Japanese text left in the English one.
+    english = "\n".join(c.source for c in en.cells)
+    assert "# ja:" not in english and "# en:" not in english and "BEGIN SOLUTION" not in english
+    assert not any("\u3040" <= ch <= "\u30ff" for ch in english)
+    assert "ViTクラスの定義" in "\n".join(c.source for c in ja.cells)
+
+
+def test_written_files(built):
+    names = sorted(str(p.relative_to(built)) for p in built.rglob("*") if p.is_file() and "vitgrade_student" not in
+                   p.parts)
+    assert names == ["instructor/rubric.toml", "instructor/vit_cifar10_en_solution.ipynb",
+                     "instructor/vit_cifar10_ja_solution.ipynb", "student/vit_cifar10_en.ipynb",
+                     "student/vit_cifar10_ja.ipynb"]
+    for path in built.rglob("*.ipynb"):
+        nbformat.validate(nbformat.read(path, as_version=4))
+    selfcheck = next(c for c in nbformat.read(built / "student/vit_cifar10_en.ipynb", 4).cells
+                     if "selfcheck" in c.metadata.get("tags", []))
+    assert 'check_notebook("vit_cifar10_en.ipynb")' in selfcheck.source
+
+
+def test_handout_defects_are_fixed():
+    code = "\n".join(c.source for c in build_notebook("en", "solution").cells if c.cell_type == "code")
+    loop = code[code.index("for epoch in range"):code.index("print(\"finished training\")")]
+    assert loop.index("net.train()") < loop.index("net.eval()")  # back to training mode every epoch
+    assert "# SGD optimiser" in code and "Adam オプティマイザ" not in code
+    assert "def unnormalize" in code and "unnormalize(images[i : i + 1])" in code
+    assert all(f"def {name}" in code for name in ("handout_heatmap", "cls_attention", "attention_rollout"))
+    text = "\n".join(c.source for c in build_notebook("en", "solution").cells if c.cell_type == "markdown")
+    assert "did not use the class vector" in text and "CLS attention" in text and "rollout" in text
+    # The second configuration of 課題1 in the text is the rubric's.
+    second = load_rubric().tasks["task1_second"]
+    assert ", ".join(f"{k}={v}" for k, v in second.items()) in text
+
+
+def test_filled_notebook_gets_every_automatic_point(built):
+    for lang in LANGUAGES:
+        report = grade_submission(built / f"instructor/vit_cifar10_{lang}_solution.ipynb", accuracy="off")
+        failing = {c.id: c.message for c in report.checks if c.status not in ("passed", "skipped", "manual")}
+        assert failing == {}
+        assert {c.id for c in report.checks if c.status == "manual"} == set(MANUAL_TASKS)
+        assert all(report.check(t).status == "passed" for t in AUTOMATIC_TASKS)
+
+
+def test_unfilled_notebook_says_not_implemented_yet_per_check(built):
+    report = grade_submission(built / "student/vit_cifar10_ja.ipynb", accuracy="off")
+    assert report.status == "graded"
+    by_id = {c.id: c for c in report.checks}
+    for check_id in ("shapes.self_attention", "shapes.vit", "props.attention_softmax", "equiv.self_attention",
+                     "equiv.vit"):
+        assert by_id[check_id].status == "failed" and "not implemented yet" in by_id[check_id].message, check_id
+    assert by_id["equiv.fnn"].status == "passed"  # FNN is given in the handout
+    for check_id in AUTOMATIC_TASKS + MANUAL_TASKS:
+        assert by_id[check_id].status == "failed" and "not answered yet" in by_id[check_id].message, check_id
+
+
+def test_task1_names_wrong_stages_without_giving_the_answer(tmp_path, built):
+    notebook = nbformat.read(built / "instructor/vit_cifar10_en_solution.ipynb", 4)
+    cell = next(c for c in notebook.cells if "task1-shapes" in c.metadata.get("tags", []))
+    cell.source = cell.source.replace('"patches": ("B", 36, 192)', '"patches": ("B", 64, 48)')  # copied the table
+    path = tmp_path / "copied.ipynb"
+    nbformat.write(notebook, path)
+    check = grade_submission(path, accuracy="off").check("task1.shapes")
+    assert check.status == "failed" and check.message == "15 of 16 shapes right; wrong: second.patches"
+
+
+def _run_bundle(bundle: Path, submission: Path, tmp_path: Path) -> dict:
+    """`vitgrade check` from the bundle in a fresh interpreter where the solution cannot be imported."""
+    script = ("import sys; sys.modules['reference.vit'] = None; sys.modules['grader.reference_expected'] = None; "
+              f"sys.path.insert(0, {str(bundle)!r}); import grader; "
+              f"assert grader.__file__.startswith({str(bundle)!r}), grader.__file__; "
+              "from grader.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / f"{submission.stem}.json"
+    subprocess.run([sys.executable, "-c", script, "check", str(submission), "--accuracy", "off", "--json", str(out)],
+                   cwd=tmp_path, capture_output=True, timeout=300)
+    return json.loads(out.read_text())
+
+
+def test_bundle_has_no_solution_code(built):
+    bundle = built / "student/vitgrade_student"
+    files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
+    assert "reference/vit.py" not in files and "grader/reference_expected.py" not in files
+    assert not any(f.startswith("assignments/vit_cifar10/examples") for f in files)
+    solution = build_notebook("en", "solution")
+    solution_lines = {line.strip() for c in solution.cells for line in c.source.splitlines()
+                      if "attn.softmax" in line or "permute(0, 2, 4, 1, 3, 5)" in line}
+    assert solution_lines
+    for name in files:
+        if name.endswith((".py", ".toml", ".md", ".j2")):
+            text = (bundle / name).read_text(encoding="utf-8")
+            assert not any(line in text for line in solution_lines), name
+            assert "task2_key" not in text or name.endswith(".py"), name  # the answer key stays home
+    assert "grader/test_vectors.npz" in files
+
+
+def test_bundle_checks_agree_with_the_instructors(built, tmp_path):
+    bundle = built / "student/vitgrade_student"
+    vectors = VectorExpected(bundle / "grader/test_vectors.npz")
+    student_rubric = load_rubric(bundle / "assignments/vit_cifar10/rubric.toml")
+    assert "task2.choice" not in student_rubric.points and "task2_key" not in student_rubric.tasks
+    submissions = [EXAMPLES / "s1002_separate_qkv.py", EXAMPLES / "s2001_softmax_axis.ipynb",
+                   EXAMPLES / "s2003_heads_no_transpose.py", built / "student/vit_cifar10_en.ipynb"]
+    for submission in submissions:
+        instructor = grade_submission(submission, accuracy="off")
+        in_process = grade_submission(submission, accuracy="off", expected=vectors)
+        assert [(c.id, c.status, c.message) for c in in_process.checks] == \
+            [(c.id, c.status, c.message) for c in instructor.checks], submission.name
+    for submission in (submissions[1], built / "instructor/vit_cifar10_ja_solution.ipynb"):
+        instructor = {c.id: (c.status, c.message) for c in grade_submission(submission, accuracy="off").checks}
+        bundled = {c["id"]: (c["status"], c["message"]) for c in _run_bundle(bundle, submission, tmp_path)["checks"]}
+        assert {k: v for k, v in instructor.items() if k in bundled} == bundled
+        assert set(instructor) - set(bundled) == {"task2.choice"}
+
+
+def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
+    import pandas as pd
+
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    (submissions / "s0001.ipynb").write_bytes((built / "instructor/vit_cifar10_ja_solution.ipynb").read_bytes())
+    out = tmp_path / "out"
+    assert main(["grade", str(submissions), "--out", str(out), "--accuracy", "off", "--quiet"]) == 0
+    sheet = pd.read_csv(out / "ta_sheet.csv", dtype=str, keep_default_na=False)
+    assert list(sheet.columns) == ["student_id", "check_id", "points", "comment", "max_points", "answer"]
+    assert sorted(sheet.check_id) == sorted(MANUAL_TASKS) and set(sheet.student_id) == {"s0001"}
+    assert "クラストークン" in sheet.set_index("check_id").loc["task1.diagram", "answer"]
+    html = (out / "ta_sheet.html").read_text(encoding="utf-8")
+    assert "task1.diagram" in html and "クラストークン" in html
+    sheet.loc[sheet.check_id == "task1.diagram", ["points", "comment"]] = ["3.5", "arrows missing"]
+    sheet.to_csv(tmp_path / "graded.csv", index=False)
+    assert main(["grade", str(submissions), "--out", str(out), "--accuracy", "off", "--quiet",
+                 "--manual", str(tmp_path / "graded.csv")]) == 0
+    report = json.loads((out / "students/s0001/report.json").read_text())
+    diagram = next(c for c in report["checks"] if c["id"] == "task1.diagram")
+    assert diagram["points"] == 3.5 and "arrows missing" in diagram["message"]
+    remaining = pd.read_csv(out / "ta_sheet.csv", dtype=str)
+    assert sorted(remaining.check_id) == ["task2.explanation", "task3.answer"]  # graded rows leave the sheet
