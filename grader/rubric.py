@@ -63,8 +63,9 @@ def _strings(value: Any, where: str) -> list[str]:
 
 ACCURACY_KEYS = {"config", "train_images", "test_images", "margin", "floor", "recipe"}
 RECIPE_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "warmup_epochs", "schedule",
-               "augment", "label_smoothing", "val_fraction", "seed", "compile", "max_seconds", "attention_images",
-               "cpu_bf16"}
+               "augment", "label_smoothing", "val_fraction", "seed", "compile", "compile_mode", "max_seconds",
+               "attention_images", "cpu_bf16"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CONFIG_KEYS = {"num_classes", "img_size", "patch_size", "dim_hidden", "num_heads", "dim_feedforward", "num_layers"}
 
 
@@ -89,6 +90,9 @@ def _accuracy_mode(spec: Any, where: str) -> dict[str, Any]:
         _require(key in RECIPE_KEYS, f"{where}.recipe.{key}", f"unknown key (allowed: {', '.join(sorted(RECIPE_KEYS))})")
     for key in ("epochs", "batch_size", "lr"):
         _require(key in recipe, f"{where}.recipe.{key}", "missing")
+    if "compile_mode" in recipe:
+        _require(recipe["compile_mode"] in COMPILE_MODES, f"{where}.recipe.compile_mode",
+                 f"must be one of {', '.join(COMPILE_MODES)}")
     return dict(spec)
 
 

@@ -8,16 +8,21 @@ out=${1:-${OUT:-/tmp/device_check}}
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XDG_CACHE_HOME=/tmp/vitgrade-cache VITGRADE_DATA=${VITGRADE_DATA:-/tmp/vitgrade-data}
 py=${PYTHON:-python3}
+steps=" ${STEPS:-tests check bench} "  # e.g. STEPS=bench to rerun only the benchmark
 step() { echo; echo "=== $1 ($(date +%T))"; }
+wanted() { [[ "$steps" == *" $1 "* ]]; }
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
 
+if wanted tests; then
 step "CUDA correctness tests (reference on CUDA == CPU, on-device augmentation, trainer on CUDA)"
 timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_reference.py tests/test_training.py \
     -k "cuda or augmentation or never_needs" -rs 2>&1 | tee "$out/pytest.txt"
+fi
 
+if wanted check; then
 step "dataset"
 if $py -c "from grader.training.data import find_dataset; print(find_dataset(None).name)" 2>/dev/null; then
     echo "CIFAR-10 found"
@@ -41,10 +46,11 @@ for check in report["checks"]:
         print(check["status"], check["message"])
         print({k: d.get(k) for k in keys})
 PY
-step "bench: harness vs the handout loop, default configuration, synthetic CIFAR-10-sized images"
-for batch in 512 1024; do
-    timeout 240 $py -m grader bench --device cuda --config default --images 50000 --batch-size $batch 2>&1 \
-        | tee -a "$out/bench.txt"
-done
+fi
 
+if wanted bench; then
+step "bench: harness vs the handout loop, default configuration, synthetic CIFAR-10-sized images"
+timeout 300 $py -m grader bench --device cuda --config default --images 50000 --batch-size ${BENCH_BATCHES:-512 1024} \
+    --compile-mode ${BENCH_MODES:-default reduce-overhead} 2>&1 | tee "$out/bench.txt"
+fi
 step "done"

@@ -109,7 +109,8 @@ def test_grade_a_class(batch_dir, tmp_path, code_rubric_file):
     assert "Pass rate per check" in summary and "equiv.self_attention" in summary
 
     # Resume: nothing is graded twice; a changed submission is regraded.
-    again = vitgrade("grade", str(batch_dir), "--out", str(out), "--accuracy", "off", "--quiet")
+    again = vitgrade("grade", str(batch_dir), "--out", str(out), "--accuracy", "off", "--quiet",
+                     "--rubric", str(code_rubric_file))
     assert again.returncode == 0 and "0 graded, 5 up to date" in again.stdout
 
 

@@ -93,7 +93,7 @@ def test_a_failing_compile_falls_back_to_eager(synthetic, monkeypatch):
     _, dataset = synthetic
     from reference.vit import ViT
 
-    def broken_compile(model):
+    def broken_compile(model, mode="default"):
         def call(*args, **kwargs):
             raise RuntimeError("inductor: no C compiler")
         return call
@@ -124,6 +124,17 @@ def test_out_of_memory_stops_with_a_message(synthetic):
     outcome = train_and_predict(Greedy(), arrays, {"epochs": 2, "batch_size": 64, "lr": 1e-3})
     assert outcome.header["stopped"].startswith("out of CPU memory at batch size 64 in epoch 1")
     assert outcome.arrays["predictions"].shape == (16,)
+
+
+def test_bench_measures_both_loops_in_one_run():
+    from grader.training.bench import bench
+
+    small = {"dim_hidden": 32, "num_heads": 2, "dim_feedforward": 64, "num_layers": 1}
+    result = bench(small, 256, "cpu", {"lr": 1e-3}, batch_sizes=[64, 128], compile_modes=[None])
+    assert result.handout_images_per_second > 0
+    assert list(result.harness) == ["batch 64, eager", "batch 128, eager"]
+    assert all(speed > 0 for speed in result.harness.values())
+    assert "x the handout loop" in result.describe()
 
 
 def test_flop_count_of_the_default_model():

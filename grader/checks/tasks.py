@@ -10,11 +10,13 @@ import ast
 import re
 
 from grader.checks.context import CheckFailed, GradingContext, Outcome
+from grader.intake.code import parse
 from grader.spec import DEFAULT, ViTConfig, shape_table
 
 # The student notebook's placeholder text in each language; an answer that is only this is no answer.
 PLACEHOLDERS = re.compile(r"\*\*[^*]*\*\*|（ここに[^）]*）|\((?:paste or draw your diagram|write) here\)")
 MAX_ANSWER_CHARS = 20_000
+MAX_LITERAL_CHARS = 10_000  # the structured answers are a few hundred characters
 
 
 def _answer(ctx: GradingContext, tag: str) -> str:
@@ -26,15 +28,20 @@ def _answer(ctx: GradingContext, tag: str) -> str:
 
 def _literal(ctx: GradingContext, tag: str, name: str):
     """The value assigned to `name` in the answer cell, as a Python literal (never run)."""
+    source = _answer(ctx, tag)
+    if len(source) > MAX_LITERAL_CHARS:
+        raise CheckFailed(f"the {tag} cell is {len(source):,} characters long; the answer fits in "
+                          f"{MAX_LITERAL_CHARS:,}")
     try:
-        tree = ast.parse(_answer(ctx, tag))
-    except SyntaxError as exc:
-        raise CheckFailed(f"the {tag} cell is not valid Python (line {exc.lineno}: {exc.msg})") from None
+        tree = parse(source)  # the intake's lock: ast.parse is not thread-safe in a batch
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        where = f" (line {exc.lineno}: {exc.msg})" if isinstance(exc, SyntaxError) else ""
+        raise CheckFailed(f"the {tag} cell is not valid Python{where}") from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             try:
                 return ast.literal_eval(node.value)
-            except ValueError:
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
                 raise CheckFailed(f"{name} must be written with literals only (numbers, strings, tuples, "
                                   f"dicts)") from None
     raise CheckFailed(f"the {tag} cell does not assign {name}")

@@ -66,28 +66,30 @@ class BenchResult:
     config: dict
     images: int
     handout_images_per_second: float
-    harness_images_per_second: float
-    tflops: float | None = None
-    peak_fraction: float | None = None
-
-    @property
-    def ratio(self) -> float:
-        return self.harness_images_per_second / self.handout_images_per_second
+    harness: dict[str, float]  # variant (batch size, compile mode) -> images/s
+    peak_tflops: float | None = None
 
     def describe(self) -> str:
-        lines = [f"device {self.device}, config {self.config}, {self.images} training images per loop",
+        lines = [f"device {self.device}, config {self.config or 'default'}, {self.images} training images per loop",
                  f"handout loop (DataLoader, ToTensor+Normalize, batch 100, fp32): "
-                 f"{self.handout_images_per_second:,.0f} images/s",
-                 f"harness: {self.harness_images_per_second:,.0f} images/s",
-                 f"ratio harness / handout: {self.ratio:.1f}x"]
-        if self.tflops is not None:
-            peak = f", {self.peak_fraction:.0%} of the card's bf16 peak" if self.peak_fraction else ""
-            lines.append(f"harness achieved {self.tflops:.1f} TFLOP/s (analytic count){peak}")
+                 f"{self.handout_images_per_second:,.0f} images/s"]
+        lines += [self.variant_line(name) for name in self.harness]
         return "\n".join(lines)
 
+    def variant_line(self, name: str) -> str:
+        speed = self.harness[name]
+        line = f"harness {name}: {speed:,.0f} images/s, {speed / self.handout_images_per_second:.1f}x the handout loop"
+        if self.device.startswith("cuda"):
+            tflops = 3 * forward_flops(self.config) * speed / 1e12  # forward + backward ~ 3x forward
+            peak = f", {tflops / self.peak_tflops:.0%} of the card's bf16 peak" if self.peak_tflops else ""
+            line += f", {tflops:.1f} TFLOP/s (analytic count){peak}"
+        return line
 
-def bench(config: dict, images: int, device: str, recipe: dict) -> BenchResult:
-    """Both loops on the same model architecture and data, on one device, in one run."""
+
+def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: list[int],
+          compile_modes: list[str | None], progress=None) -> BenchResult:
+    """The handout loop once, then the harness for every batch size and compile mode (None: eager), on the
+    same model architecture, data and device, in one run; `progress(line)` hears each result as it comes."""
     from reference.vit import ViT
 
     dev = torch.device(device)
@@ -97,21 +99,28 @@ def bench(config: dict, images: int, device: str, recipe: dict) -> BenchResult:
     y = rng.integers(0, config.get("num_classes", 10), size=images).astype(np.int64)
     torch.manual_seed(0)
     handout = handout_loop_images_per_second(ViT(**config), x, y, dev)
-    torch.manual_seed(0)
-    # Warm up once (allocator, kernels, compile), then measure a second, identical run.
-    harness_recipe = {**recipe, "epochs": 1, "val_fraction": 0.0, "attention_images": 0}
-    train_and_predict(ViT(**config), {"x_train": x[: min(images, 4 * recipe["batch_size"])],
-                                      "y_train": y[: min(images, 4 * recipe["batch_size"])], "x_test": x[:8]},
-                      harness_recipe, device=device)
-    outcome = train_and_predict(ViT(**config), {"x_train": x, "y_train": y, "x_test": x[:8]}, harness_recipe,
-                                device=device)
-    harness = outcome.header["images_per_second"]
-    result = BenchResult(device=str(dev), config=config, images=images, handout_images_per_second=handout,
-                         harness_images_per_second=harness)
+    result = BenchResult(device=str(dev), config=config, images=images, handout_images_per_second=handout, harness={})
     if dev.type == "cuda":
-        result.tflops = 3 * forward_flops(config) * harness / 1e12  # forward + backward ~ 3x forward
         name = torch.cuda.get_device_name(dev)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        result.peak_fraction = result.tflops / peak if peak else None
+        result.peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
         result.device = f"{dev} ({name})"
+    if progress:
+        progress(result.describe())
+    for batch_size in batch_sizes:
+        for mode in compile_modes:
+            variant = {**recipe, "batch_size": batch_size, "compile": mode is not None, "compile_mode": mode or "default",
+                       "epochs": 1, "val_fraction": 0.0, "attention_images": 0}
+            # Warm up once (allocator, kernels, compilation), then measure a second, identical run.
+            warm = min(images, 4 * batch_size)
+            torch.manual_seed(0)
+            train_and_predict(ViT(**config), {"x_train": x[:warm], "y_train": y[:warm], "x_test": x[:8]}, variant,
+                              device=device)
+            outcome = train_and_predict(ViT(**config), {"x_train": x, "y_train": y, "x_test": x[:8]}, variant,
+                                        device=device)
+            name = f"batch {batch_size}, {'compile ' + mode if mode else 'eager'}"
+            if mode is not None and not outcome.header["compiled"]:
+                name += f" (measured eagerly: {'; '.join(outcome.header['notes'])})"
+            result.harness[name] = outcome.header["images_per_second"]
+            if progress:
+                progress(result.variant_line(name))
     return result

@@ -130,7 +130,7 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     """Train `model` on arrays x_train/y_train (uint8 NHWC, int) and predict classes of x_test.
 
     Recipe keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, warmup_epochs, schedule,
-    augment, label_smoothing, val_fraction, seed, compile, max_seconds, attention_images.
+    augment, label_smoothing, val_fraction, seed, compile, compile_mode, max_seconds, attention_images, cpu_bf16.
     """
     dev = torch.device(device)
     torch.manual_seed(int(recipe.get("seed", 0)))
@@ -148,7 +148,7 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     optimizer = make_optimizer(model, recipe)
     # torch.compile is lazy: it fails (if at all) at the first call, so the first step falls back to eager.
-    step_model = torch.compile(model) if recipe.get("compile") else model
+    step_model = torch.compile(model, mode=recipe.get("compile_mode", "default")) if recipe.get("compile") else model
     notes = []
     batch_size = int(recipe["batch_size"])
     steps_per_epoch = max(1, len(train) // batch_size)
