@@ -206,3 +206,32 @@ def test_solution_notebook_runs_end_to_end_on_stand_in_data(monkeypatch):
     assert 0 <= namespace["correct"] <= namespace["total"] == 8
     assert set(namespace["maps"]) == {"handout map", "CLS attention (last layer)", "attention rollout"}
     assert all(m.shape == (5, 8, 8) and float(m.max()) <= 1.0 for m in namespace["maps"].values())
+
+
+@pytest.mark.parametrize("source, message", [
+    ("task1_shapes = __import__('os').system('touch /tmp/pwned')", "literals only"),
+    ("task1_shapes = " + "(" * 1000 + ")" * 1000, "not valid Python"),
+    ("task1_shapes = [" + "[" * 150 + "]" * 150 + "]", "must be a dict"),
+    ("task1_shapes = {'default': 1}  # " + "x" * 20_000, "characters long"),
+    ("shapes = {}", "does not assign task1_shapes"),
+    ("task1_shapes = {", r"not valid Python \(line 1"),
+], ids=["call", "deep-parentheses", "nested-lists", "huge", "other-name", "syntax-error"])
+def test_hostile_structured_answers_fail_cleanly_and_never_run(source, message, tmp_path):
+    from types import SimpleNamespace
+
+    from grader.checks.context import CheckFailed
+    from grader.checks.tasks import check_task1_shapes
+
+    ctx = SimpleNamespace(submission=SimpleNamespace(answers={"task1-shapes": source}), rubric=load_rubric())
+    with pytest.raises(CheckFailed, match=message):
+        check_task1_shapes(ctx)
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_the_filled_example_is_the_current_solution_build():
+    example = nbformat.read(EXAMPLES / "s1004_handout_ja_filled.ipynb", as_version=4)
+    built = build_notebook("ja", "solution")
+    assert [c.source for c in example.cells] == [c.source for c in built.cells], (
+        "the handout source changed: rebuild the example with python -c \"import nbformat; from grader.assign import "
+        "build_notebook; nbformat.write(build_notebook('ja', 'solution'), "
+        "'assignments/vit_cifar10/examples/s1004_handout_ja_filled.ipynb')\"")
