@@ -30,7 +30,7 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     data.write_npz(data.synthesize(train=600, test=100, seed=2), root / "data" / "synthetic.npz")
     submissions = root / "subs"
     submissions.mkdir()
-    shutil.copy(EXAMPLES / "s1001_handout.ipynb", submissions / "s1001.ipynb")
+    shutil.copy(EXAMPLES / "s1004_handout_ja_filled.ipynb", submissions / "s1004.ipynb")
     shutil.copy(EXAMPLES / "s2002_textbook_residual.py", submissions / "s2002.py")
     (submissions / "s3003.ipynb").write_text("{broken", encoding="utf-8")
     from grader.rubric import load_rubric
@@ -41,7 +41,8 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     out = root / "out"
     grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="quick", data_dir=root / "data",
                                             progress=False))
-    return {"summary": out / "summary.html", "report": out / "students/s1001/report.html",
+    return {"summary": out / "summary.html", "report": out / "students/s1004/report.html",
+            "ta-sheet": out / "ta_sheet.html",
             "report-failing": out / "students/s2002/report.html", "report-error": out / "students/s3003/report.html"}
 
 
@@ -59,7 +60,7 @@ def browser():
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("page_name", ["summary", "report", "report-failing", "report-error"])
+@pytest.mark.parametrize("page_name", ["summary", "report", "report-failing", "report-error", "ta-sheet"])
 def test_page_renders_offline_with_every_image_and_no_errors(pages, browser, page_name, tmp_path):
     context = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
     page = context.new_page()

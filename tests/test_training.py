@@ -167,7 +167,7 @@ def quick_rubric():
     ("separate_qkv", EXAMPLES / "s1002_separate_qkv.py", True),
     ("constant_output", CONSTANT_OUTPUT, False),
     ("detached_encoder", DETACHED_ENCODER, False),
-])
+], ids=["handout", "separate_qkv", "constant_output", "detached_encoder"])
 def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, name, source, passes):
     monkeypatch.setenv("XDG_CACHE_HOME", str(synthetic[0] / "cache"))  # the reference baseline, measured once
     path = source if not isinstance(source, str) else tmp_path / f"{name}.py"
