@@ -235,3 +235,26 @@ def test_the_filled_example_is_the_current_solution_build():
         "the handout source changed: rebuild the example with python -c \"import nbformat; from grader.assign import "
         "build_notebook; nbformat.write(build_notebook('ja', 'solution'), "
         "'assignments/vit_cifar10/examples/s1004_handout_ja_filled.ipynb')\"")
+
+
+def test_self_check_cell_shows_a_table(built, monkeypatch, capsys):
+    import types
+
+    from grader.selfcheck import check_notebook
+
+    shown = []
+    fake = types.ModuleType("IPython.display")
+    fake.display = shown.append
+    fake.Markdown = lambda text: f"markdown: {text}"
+    monkeypatch.setitem(sys.modules, "IPython", types.ModuleType("IPython"))
+    monkeypatch.setitem(sys.modules, "IPython.display", fake)
+    report = check_notebook(built / "student/vit_cifar10_en.ipynb")
+    assert shown[0].startswith("markdown: **vit_cifar10_en**") and f"{report.score:g} / {report.max_score:g}" in shown[0]
+    table = shown[1].data  # a pandas Styler over one row per check
+    assert list(table["check"]) == [c.id for c in report.checks]
+    assert "not implemented yet" in table.set_index("check").loc["equiv.self_attention", "message"]
+    monkeypatch.setitem(sys.modules, "IPython.display", None)  # a plain Python session: the text table
+    check_notebook(built / "student/vit_cifar10_en.ipynb")
+    assert "equiv.self_attention" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="save the notebook"):
+        check_notebook(built / "student/missing.ipynb")

@@ -130,11 +130,14 @@ def test_bench_measures_both_loops_in_one_run():
     from grader.training.bench import bench
 
     small = {"dim_hidden": 32, "num_heads": 2, "dim_feedforward": 64, "num_layers": 1}
-    result = bench(small, 256, "cpu", {"lr": 1e-3}, batch_sizes=[64, 128], compile_modes=[None])
-    assert result.handout_images_per_second > 0
+    rounds = []
+    result = bench(small, 256, "cpu", {"lr": 1e-3}, batch_sizes=[64, 128], compile_modes=[None], repeats=2,
+                   progress=rounds.append)
+    assert len(result.handout) == 2 and all(speed > 0 for speed in result.handout)
     assert list(result.harness) == ["batch 64, eager", "batch 128, eager"]
-    assert all(speed > 0 for speed in result.harness.values())
-    assert "x the handout loop" in result.describe()
+    assert all(len(runs) == 2 and min(runs) > 0 for runs in result.harness.values())
+    assert len(rounds) == 2 and rounds[0].startswith("round 1/2: handout")
+    assert "x the handout loop" in result.describe() and "median of 2 run(s)" in result.describe()
 
 
 def test_flop_count_of_the_default_model():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from statistics import median
 
 import numpy as np
 import torch
@@ -62,34 +63,40 @@ def handout_loop_images_per_second(model: nn.Module, x: np.ndarray, y: np.ndarra
 
 @dataclass
 class BenchResult:
+    """Images/s of every run: the handout loop and each harness variant, measured in alternation."""
+
     device: str
     config: dict
     images: int
-    handout_images_per_second: float
-    harness: dict[str, float]  # variant (batch size, compile mode) -> images/s
+    handout: list[float] = field(default_factory=list)
+    harness: dict[str, list[float]] = field(default_factory=dict)  # variant (batch size, compile mode) -> runs
     peak_tflops: float | None = None
 
     def describe(self) -> str:
-        lines = [f"device {self.device}, config {self.config or 'default'}, {self.images} training images per loop",
-                 f"handout loop (DataLoader, ToTensor+Normalize, batch 100, fp32): "
-                 f"{self.handout_images_per_second:,.0f} images/s"]
-        lines += [self.variant_line(name) for name in self.harness]
+        lines = [f"device {self.device}, config {self.config or 'default'}, {self.images} training images per loop, "
+                 f"median of {len(self.handout)} run(s) (min-max)",
+                 f"handout loop (DataLoader, ToTensor+Normalize, batch 100, fp32): {_spread(self.handout)} images/s"]
+        base = median(self.handout)
+        for name, runs in self.harness.items():
+            speed = median(runs)
+            line = f"harness {name}: {_spread(runs)} images/s, {speed / base:.1f}x the handout loop"
+            if self.device.startswith("cuda"):
+                tflops = 3 * forward_flops(self.config) * speed / 1e12  # forward + backward ~ 3x forward
+                peak = f", {tflops / self.peak_tflops:.0%} of the card's bf16 peak" if self.peak_tflops else ""
+                line += f", {tflops:.1f} TFLOP/s (analytic count){peak}"
+            lines.append(line)
         return "\n".join(lines)
 
-    def variant_line(self, name: str) -> str:
-        speed = self.harness[name]
-        line = f"harness {name}: {speed:,.0f} images/s, {speed / self.handout_images_per_second:.1f}x the handout loop"
-        if self.device.startswith("cuda"):
-            tflops = 3 * forward_flops(self.config) * speed / 1e12  # forward + backward ~ 3x forward
-            peak = f", {tflops / self.peak_tflops:.0%} of the card's bf16 peak" if self.peak_tflops else ""
-            line += f", {tflops:.1f} TFLOP/s (analytic count){peak}"
-        return line
+
+def _spread(runs: list[float]) -> str:
+    return f"{median(runs):,.0f} ({min(runs):,.0f}-{max(runs):,.0f})" if len(runs) > 1 else f"{runs[0]:,.0f}"
 
 
 def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: list[int],
-          compile_modes: list[str | None], progress=None) -> BenchResult:
-    """The handout loop once, then the harness for every batch size and compile mode (None: eager), on the
-    same model architecture, data and device, in one run; `progress(line)` hears each result as it comes."""
+          compile_modes: list[str | None], repeats: int = 3, progress=None) -> BenchResult:
+    """The handout loop and the harness for every batch size and compile mode (None: eager) on the same model
+    architecture, data and device, in one run: after a warm-up of each, `repeats` rounds that measure them in
+    turn, so drift on a busy machine hits all alike. `progress(line)` hears each round."""
     from reference.vit import ViT
 
     dev = torch.device(device)
@@ -97,30 +104,38 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
     side = config.get("img_size", 32)
     x = rng.integers(0, 256, size=(images, side, side, 3), dtype=np.uint8)  # synthetic, CIFAR-10-sized
     y = rng.integers(0, config.get("num_classes", 10), size=images).astype(np.int64)
-    torch.manual_seed(0)
-    handout = handout_loop_images_per_second(ViT(**config), x, y, dev)
-    result = BenchResult(device=str(dev), config=config, images=images, handout_images_per_second=handout, harness={})
+    result = BenchResult(device=str(dev), config=config, images=images)
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
         result.peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
         result.device = f"{dev} ({name})"
-    if progress:
-        progress(result.describe())
+
+    def handout() -> float:
+        torch.manual_seed(0)
+        return handout_loop_images_per_second(ViT(**config), x, y, dev)
+
+    def harness(variant: dict, count: int):
+        torch.manual_seed(0)
+        return train_and_predict(ViT(**config), {"x_train": x[:count], "y_train": y[:count], "x_test": x[:8]},
+                                 variant, device=device)
+
+    handout_loop_images_per_second(ViT(**config), x[:500], y[:500], dev)  # warm-up: device, kernels
+    variants = {}
     for batch_size in batch_sizes:
         for mode in compile_modes:
             variant = {**recipe, "batch_size": batch_size, "compile": mode is not None, "compile_mode": mode or "default",
                        "epochs": 1, "val_fraction": 0.0, "attention_images": 0}
-            # Warm up once (allocator, kernels, compilation), then measure a second, identical run.
-            warm = min(images, 4 * batch_size)
-            torch.manual_seed(0)
-            train_and_predict(ViT(**config), {"x_train": x[:warm], "y_train": y[:warm], "x_test": x[:8]}, variant,
-                              device=device)
-            outcome = train_and_predict(ViT(**config), {"x_train": x, "y_train": y, "x_test": x[:8]}, variant,
-                                        device=device)
+            warm = harness(variant, min(images, 4 * batch_size))  # warm-up: allocator, kernels, compilation
             name = f"batch {batch_size}, {'compile ' + mode if mode else 'eager'}"
-            if mode is not None and not outcome.header["compiled"]:
-                name += f" (measured eagerly: {'; '.join(outcome.header['notes'])})"
-            result.harness[name] = outcome.header["images_per_second"]
-            if progress:
-                progress(result.variant_line(name))
+            if mode is not None and not warm.header["compiled"]:
+                name += f" (measured eagerly: {'; '.join(warm.header['notes'])})"
+            variants[name] = variant
+            result.harness[name] = []
+    for round_number in range(1, repeats + 1):
+        result.handout.append(handout())
+        for name, variant in variants.items():
+            result.harness[name].append(harness(variant, images).header["images_per_second"])
+        if progress:
+            progress(f"round {round_number}/{repeats}: handout {result.handout[-1]:,.0f}, " + ", ".join(
+                f"{name} {runs[-1]:,.0f}" for name, runs in result.harness.items()) + " images/s")
     return result
