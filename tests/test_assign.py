@@ -55,8 +55,13 @@ def test_written_files(built):
     assert names == ["instructor/rubric.toml", "instructor/vit_cifar10_en_solution.ipynb",
                      "instructor/vit_cifar10_ja_solution.ipynb", "student/vit_cifar10_en.ipynb",
                      "student/vit_cifar10_ja.ipynb"]
+    from nbconvert import HTMLExporter
+
     for path in built.rglob("*.ipynb"):
-        nbformat.validate(nbformat.read(path, as_version=4))
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        html, _ = HTMLExporter().from_notebook_node(notebook)  # renders as Jupyter would show it
+        assert "SelfAttention" in html
     selfcheck = next(c for c in nbformat.read(built / "student/vit_cifar10_en.ipynb", 4).cells
                      if "selfcheck" in c.metadata.get("tags", []))
     assert 'check_notebook("vit_cifar10_en.ipynb")' in selfcheck.source
