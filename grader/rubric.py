@@ -64,7 +64,7 @@ def _strings(value: Any, where: str) -> list[str]:
 ACCURACY_KEYS = {"config", "train_images", "test_images", "margin", "floor", "recipe"}
 RECIPE_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "warmup_epochs", "schedule",
                "augment", "label_smoothing", "val_fraction", "seed", "compile", "compile_mode", "max_seconds",
-               "attention_images", "cpu_bf16"}
+               "attention_images", "cpu_bf16", "mean", "std"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CONFIG_KEYS = {"num_classes", "img_size", "patch_size", "dim_hidden", "num_heads", "dim_feedforward", "num_layers"}
 

@@ -130,7 +130,8 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     """Train `model` on arrays x_train/y_train (uint8 NHWC, int) and predict classes of x_test.
 
     Recipe keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, warmup_epochs, schedule,
-    augment, label_smoothing, val_fraction, seed, compile, compile_mode, max_seconds, attention_images, cpu_bf16.
+    augment, label_smoothing, val_fraction, seed, compile, compile_mode, max_seconds, attention_images, cpu_bf16,
+    mean, std.
     """
     dev = torch.device(device)
     torch.manual_seed(int(recipe.get("seed", 0)))
@@ -140,9 +141,11 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     n_val = int(len(x_all) * float(recipe.get("val_fraction", 0.1)))
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(int(recipe.get("seed", 0))))
     val_idx, train_idx = order[:n_val].numpy(), order[n_val:].numpy()
-    train, val = DeviceData(x_all[train_idx], dev), DeviceData(x_all[val_idx], dev)
+    # Normalisation: CIFAR-10's statistics unless the recipe names others (the handout uses 0.5 and 0.5).
+    stats = {"mean": tuple(recipe.get("mean", CIFAR_MEAN)), "std": tuple(recipe.get("std", CIFAR_STD))}
+    train, val = DeviceData(x_all[train_idx], dev, **stats), DeviceData(x_all[val_idx], dev, **stats)
     y_train, y_val = y_all[torch.from_numpy(train_idx).to(dev)], y_all[torch.from_numpy(val_idx).to(dev)]
-    test = DeviceData(arrays["x_test"], dev)
+    test = DeviceData(arrays["x_test"], dev, **stats)
 
     amp = autocast_dtype(dev, bool(recipe.get("cpu_bf16", True)))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
