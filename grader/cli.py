@@ -146,7 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     modes = [None if m == "eager" else m for m in (args.compile_mode or ["default" if cuda else "eager"])]
     images = args.images or (20000 if cuda else 2000)
     result = bench(config, images, device, recipe, batch_sizes, modes, repeats=args.repeats,
-                   progress=lambda line: print(line, flush=True))
+                   fused_attention=args.fused_attention, progress=lambda line: print(line, flush=True))
     print(result.describe())
     return 0
 
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--config", choices=["small", "default"], default="small")
     bench_parser.add_argument("--images", type=int, help="training images per loop")
     bench_parser.add_argument("--repeats", type=int, default=3, help="measurement rounds (the median is reported)")
+    bench_parser.add_argument("--fused-attention", action="store_true",
+                              help="harness model uses the reference's fused attention (an upper bound: student "
+                                   "models keep their own attention)")
     bench_parser.add_argument("--batch-size", type=int, nargs="+", help="harness batch size(s) to measure")
     bench_parser.add_argument("--compile-mode", nargs="+", choices=["eager", "default", "reduce-overhead",
                                                                     "max-autotune-no-cudagraphs"],

@@ -138,6 +138,9 @@ def test_bench_measures_both_loops_in_one_run():
     assert all(len(runs) == 2 and min(runs) > 0 for runs in result.harness.values())
     assert len(rounds) == 2 and rounds[0].startswith("round 1/2: handout")
     assert "x the handout loop" in result.describe() and "median of 2 run(s)" in result.describe()
+    fused = bench(small, 128, "cpu", {"lr": 1e-3}, batch_sizes=[64], compile_modes=[None], repeats=1,
+                  fused_attention=True)
+    assert list(fused.harness) == ["batch 64, eager, fused attention"]
 
 
 def test_flop_count_of_the_default_model():

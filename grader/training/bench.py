@@ -93,11 +93,14 @@ def _spread(runs: list[float]) -> str:
 
 
 def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: list[int],
-          compile_modes: list[str | None], repeats: int = 3, progress=None) -> BenchResult:
+          compile_modes: list[str | None], repeats: int = 3, fused_attention: bool = False,
+          progress=None) -> BenchResult:
     """The handout loop and the harness for every batch size and compile mode (None: eager) on the same model
     architecture, data and device, in one run: after a warm-up of each, `repeats` rounds that measure them in
-    turn, so drift on a busy machine hits all alike. `progress(line)` hears each round."""
-    from reference.vit import ViT
+    turn, so drift on a busy machine hits all alike. `fused_attention` runs the harness's model with the
+    reference's fused attention path (the same function; a student's model has its own attention, so
+    this bounds what the harness could do, it is not what grading gets). `progress(line)` hears each round."""
+    from reference.vit import ViT, set_fused_attention
 
     dev = torch.device(device)
     rng = np.random.default_rng(0)
@@ -116,8 +119,10 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
 
     def harness(variant: dict, count: int):
         torch.manual_seed(0)
-        return train_and_predict(ViT(**config), {"x_train": x[:count], "y_train": y[:count], "x_test": x[:8]},
-                                 variant, device=device)
+        model = ViT(**config)
+        set_fused_attention(model, fused_attention)
+        return train_and_predict(model, {"x_train": x[:count], "y_train": y[:count], "x_test": x[:8]}, variant,
+                                 device=device)
 
     handout_loop_images_per_second(ViT(**config), x[:500], y[:500], dev)  # warm-up: device, kernels
     variants = {}
@@ -127,6 +132,7 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
                        "epochs": 1, "val_fraction": 0.0, "attention_images": 0}
             warm = harness(variant, min(images, 4 * batch_size))  # warm-up: allocator, kernels, compilation
             name = f"batch {batch_size}, {'compile ' + mode if mode else 'eager'}"
+            name += ", fused attention" if fused_attention else ""
             if mode is not None and not warm.header["compiled"]:
                 name += f" (measured eagerly: {'; '.join(warm.header['notes'])})"
             variants[name] = variant
