@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if check and check.details.get("images_per_second"):
             print(f"{check.details['images_per_second']:,.0f} images/s on {check.details['device']}")
         return 0 if check and check.status == "passed" else 1
-    accuracy = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)))
+    accuracy = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)), progress=True)
     print(f"reference, {spec.mode} recipe on {dataset.name}: test accuracy {accuracy:.1%} ({device})")
     return 0
 
@@ -160,7 +160,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     spec = _accuracy_spec(args)
     device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
-    result = calibrate(_dataset(args), spec, device, seeds=list(range(args.seeds)))
+    result = calibrate(_dataset(args), spec, device, seeds=list(range(args.seeds)), progress=True)
     print(json.dumps(result, indent=2))
     print(f"suggested [accuracy.{spec.mode}] margin = {result['suggested_margin']} (current {spec.margin})")
     return 0

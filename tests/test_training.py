@@ -89,6 +89,17 @@ def test_nan_loss_stops_with_a_message(synthetic):
     assert "training loss became" in outcome.header["stopped"]
 
 
+def test_progress_bar_shows_loss_and_throughput(synthetic, capsys):
+    _, dataset = synthetic
+    from reference.vit import ViT
+
+    arrays = {"x_train": dataset.x_train[:256], "y_train": dataset.y_train[:256], "x_test": dataset.x_test[:16]}
+    train_and_predict(ViT(dim_hidden=32, num_heads=2, dim_feedforward=64, num_layers=1), arrays,
+                      {"epochs": 2, "batch_size": 64, "lr": 1e-3}, progress=True)
+    shown = capsys.readouterr().err
+    assert "training" in shown and "epoch=2" in shown and "loss=" in shown and "images_s=" in shown
+
+
 def test_a_failing_compile_falls_back_to_eager(synthetic, monkeypatch):
     _, dataset = synthetic
     from reference.vit import ViT

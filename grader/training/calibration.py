@@ -48,14 +48,14 @@ def cache_file() -> Path:
     return base / "vitgrade" / "reference_accuracy.json"
 
 
-def train_reference(dataset: Dataset, spec: AccuracySpec, device: str, seed: int) -> float:
+def train_reference(dataset: Dataset, spec: AccuracySpec, device: str, seed: int, progress: bool = False) -> float:
     from reference.vit import ViT
 
     torch.manual_seed(seed)
     data = dataset.subset(spec.train_images, spec.test_images)
     model = ViT(**spec.config)
     outcome = train_and_predict(model, {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test},
-                                {**spec.recipe, "seed": seed}, device=device)
+                                {**spec.recipe, "seed": seed}, device=device, progress=progress)
     return float(np.mean(outcome.arrays["predictions"] == data.y_test))
 
 
@@ -78,9 +78,9 @@ def reference_accuracy(dataset: Dataset, spec: AccuracySpec, device: str) -> tup
     return accuracy, False
 
 
-def calibrate(dataset: Dataset, spec: AccuracySpec, device: str, seeds: list[int]) -> dict:
+def calibrate(dataset: Dataset, spec: AccuracySpec, device: str, seeds: list[int], progress: bool = False) -> dict:
     """Train the reference over several seeds; the margin a correct model passes with every time."""
-    accuracies = [train_reference(dataset, spec, device, seed) for seed in seeds]
+    accuracies = [train_reference(dataset, spec, device, seed, progress) for seed in seeds]
     baseline = accuracies[0] if accuracies else 0.0
     spread = max(accuracies) - min(accuracies)
     # The pass mark is baseline - margin: a correct model must clear it on every seed, with room

@@ -126,8 +126,12 @@ def predict(model: nn.Module, data: DeviceData, batch_size: int, amp: torch.dtyp
     return torch.cat(out)
 
 
-def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str = "cpu") -> TrainOutcome:
+def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str = "cpu",
+                      progress: bool = False) -> TrainOutcome:
     """Train `model` on arrays x_train/y_train (uint8 NHWC, int) and predict classes of x_test.
+
+    `progress` shows a tqdm bar with each epoch's loss, accuracy and images/s (never in the sandbox,
+    whose output is the student's).
 
     Recipe keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, warmup_epochs, schedule,
     augment, label_smoothing, val_fraction, seed, compile, compile_mode, max_seconds, attention_images, cpu_bf16,
@@ -160,6 +164,7 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     warmup = int(float(recipe.get("warmup_epochs", 0)) * steps_per_epoch)
     max_seconds = float(recipe.get("max_seconds", 1e9))
     history, images, stopped = [], 0, ""
+    bar = _progress_bar(epochs * steps_per_epoch * batch_size) if progress else None
     started = time.perf_counter()
     step = 0
     for epoch in range(epochs):
@@ -186,6 +191,8 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
             losses.append(loss)
             images += len(index)
             step += 1
+            if bar is not None:
+                bar.update(len(index))
         if stopped:
             break
         train_loss = float(torch.stack(losses).mean())
@@ -198,9 +205,14 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
             val_loss = float(F.cross_entropy(logits, y_val))
             val_acc = float((logits.argmax(1) == y_val).float().mean())
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc})
+        if bar is not None:  # once per epoch: reading the loss synchronises with the device
+            bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.1%}",
+                            images_s=f"{images / (time.perf_counter() - started):,.0f}")
         if time.perf_counter() - started > max_seconds:
             stopped = f"stopped after {epoch + 1} epochs: the time budget of {max_seconds:.0f} s was used up"
             break
+    if bar is not None:
+        bar.close()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -216,6 +228,12 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
               "autocast": str(amp).replace("torch.", "") if amp else "float32", "stopped": stopped,
               "compiled": step_model is not model, "notes": notes}
     return TrainOutcome(header, arrays_out)
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm  # imported here: the sandbox's copy of this file runs without tqdm
+
+    return tqdm(total=total, unit="img", unit_scale=True, desc="training", dynamic_ncols=True)
 
 
 @torch.no_grad()
