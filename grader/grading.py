@@ -11,7 +11,7 @@ from grader import __version__
 from grader.checks import CHECKS, EVALUATE_LAST, Check
 from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.checks.training import resolve_mode
-from grader.expected import Expected, default_expected
+from grader.expected import Expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
 from grader.report import CheckResult, Report
@@ -105,20 +105,19 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
         return Report.failure(student, str(path), str(error), environment=environment(),
                               fingerprint=fingerprint(path, rubric, accuracy))
     timings = {"intake": time.monotonic() - started}
-    options = {"accuracy": accuracy, "data_dir": data_dir, "expected": expected or default_expected()}
+    options = {"accuracy": accuracy, "data_dir": data_dir}
     with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads, gpu), isolation=isolation) as sandbox:
         report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings,
-                             options)
+                             options, expected)
     timings["total"] = time.monotonic() - started
     report.timings = {k: round(v, 3) for k, v in timings.items()}
     return report
 
 
 def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeout: float,
-                timings: dict[str, float], options: dict) -> Report:
+                timings: dict[str, float], options: dict, expected: Expected | None) -> Report:
     deadline = time.monotonic() + timeout
-    ctx = GradingContext(submission, sandbox, rubric)
-    ctx.expected = options.pop("expected")
+    ctx = GradingContext(submission, sandbox, rubric, expected)
     ctx.notes.update(options)
     warnings = list(submission.warnings)
     started = time.monotonic()

@@ -73,7 +73,7 @@ class Comparison:
 class GradingContext:
     """Shared state for one submission's checks. Only the parent holds expected values."""
 
-    def __init__(self, submission: Submission, sandbox: Sandbox, rubric: Rubric):
+    def __init__(self, submission: Submission, sandbox: Sandbox, rubric: Rubric, expected: Expected | None = None):
         self.submission = submission
         self.sandbox = sandbox
         self.rubric = rubric
@@ -82,7 +82,7 @@ class GradingContext:
         self.notes: dict[str, Any] = {}
         self._handles = itertools.count()
         self._shared: dict[str, Built] = {}
-        self.expected: Expected = default_expected()
+        self.expected: Expected = expected or default_expected()
 
     @property
     def precision(self) -> str:
