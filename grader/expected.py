@@ -106,10 +106,9 @@ def random_weights(shapes: dict[str, tuple[int, ...]], norm_gains: set[str], see
 def record(expected: Expected, path: Path) -> Path:
     """Write everything the checks ask of `expected` into a test-vector file (.npz, no pickles)."""
     arrays: dict[str, np.ndarray] = {}
-    meta: dict = {"format": VECTORS_FORMAT, "variants": {}}
-    meta["weights"] = {}
+    meta: dict = {"format": VECTORS_FORMAT, "inputs": {}, "weights": {}, "variants": {}}
     for kind in KINDS:
-        meta.setdefault("inputs", {})[kind] = digest(inputs(kind))
+        meta["inputs"][kind] = digest(inputs(kind))
         shapes, gains = expected.weight_layout(kind)
         meta["weights"][kind] = {"shapes": {k: list(v) for k, v in shapes.items()}, "norm_gains": sorted(gains)}
         if not all(np.array_equal(a, b) for a, b in zip(random_weights(shapes, gains, SEEDS[kind]).values(),
@@ -176,6 +175,7 @@ class VectorExpected(Expected):
     def variants(self, kind: str) -> dict[str, np.ndarray]:
         return {d: self.arrays[f"{kind}/variant/{i}"] for i, d in enumerate(self.meta["variants"][kind])}
 
+    @functools.cache  # noqa: B019 - a handful of instances per process; layer_output asks once per layer
     def vit_stages(self) -> ViTStages:
         stage = self._group("ViT/stage/")
         layers = [stage[f"layer_outputs/{i}"] for i in range(sum(k.startswith("layer_outputs/") for k in stage))]
