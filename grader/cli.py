@@ -191,6 +191,8 @@ def _rubric(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from grader.rubric import COMPILE_MODES
+
     parser = argparse.ArgumentParser(prog="vitgrade", description="Autograder for the ViT on CIFAR-10 assignment.")
     parser.add_argument("--version", action="version", version=f"vitgrade {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -244,8 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="harness model uses the reference's fused attention (an upper bound: student "
                                    "models keep their own attention)")
     bench_parser.add_argument("--batch-size", type=int, nargs="+", help="harness batch size(s) to measure")
-    bench_parser.add_argument("--compile-mode", nargs="+", choices=["eager", "default", "reduce-overhead",
-                                                                    "max-autotune-no-cudagraphs"],
+    bench_parser.add_argument("--compile-mode", nargs="+", choices=["eager", *COMPILE_MODES],
                               help="harness torch.compile mode(s) to measure (default: default on CUDA, eager on CPU)")
     bench_parser.set_defaults(func=cmd_bench)
 

@@ -69,6 +69,14 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CONFIG_KEYS = {"num_classes", "img_size", "patch_size", "dim_hidden", "num_heads", "dim_feedforward", "num_layers"}
 
 
+def _vit_config(table: Any, where: str) -> None:
+    """A table of ViT constructor arguments, each a positive number."""
+    _require(isinstance(table, dict), where, "expected a table of ViT constructor arguments")
+    for key, value in table.items():
+        _require(key in CONFIG_KEYS, f"{where}.{key}", "not a ViT constructor argument")
+        _number(value, f"{where}.{key}", minimum=1)
+
+
 def _accuracy_mode(spec: Any, where: str) -> dict[str, Any]:
     _require(where.rsplit(".", 1)[-1] in ("quick", "full"), where, "unknown accuracy mode (allowed: quick, full)")
     _require(isinstance(spec, dict), where, "expected a table")
@@ -81,9 +89,7 @@ def _accuracy_mode(spec: Any, where: str) -> dict[str, Any]:
     for key in ("train_images", "test_images"):
         if key in spec:
             _number(spec[key], f"{where}.{key}", minimum=1)
-    for key, value in spec.get("config", {}).items():
-        _require(key in CONFIG_KEYS, f"{where}.config.{key}", "not a ViT constructor argument")
-        _number(value, f"{where}.config.{key}", minimum=1)
+    _vit_config(spec.get("config", {}), f"{where}.config")
     recipe = spec["recipe"]
     _require(isinstance(recipe, dict), f"{where}.recipe", "expected a table")
     for key in recipe:
@@ -105,10 +111,7 @@ def _tasks(spec: Any, where: str) -> dict[str, Any]:
     for key in spec:
         _require(key in ("task1_second", "task2_key"), f"{where}.{key}", "unknown key (allowed: task1_second, task2_key)")
     second = spec.get("task1_second", {})
-    _require(isinstance(second, dict), f"{where}.task1_second", "expected a table of ViT constructor arguments")
-    for key, value in second.items():
-        _require(key in CONFIG_KEYS, f"{where}.task1_second.{key}", "not a ViT constructor argument")
-        _number(value, f"{where}.task1_second.{key}", minimum=1)
+    _vit_config(second, f"{where}.task1_second")
     if second:
         _require(second.get("img_size", 32) % second.get("patch_size", 4) == 0, f"{where}.task1_second",
                  "img_size must be a multiple of patch_size")
