@@ -28,7 +28,7 @@ def check_notebook(path: str | Path, accuracy: str = "off") -> Report:
     import pandas as pd
 
     from grader.grading import grade_submission
-    from grader.render.text import render_table
+    from grader.render.text import SYMBOLS, points_text, render_table
 
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="vitgrade-selfcheck-") as scratch:
@@ -44,8 +44,8 @@ def check_notebook(path: str | Path, accuracy: str = "off") -> Report:
     except ImportError:  # a plain Python session
         print(render_table(report))
         return report
-    rows = [{"check": c.id, "status": c.status.upper(), "points": f"{c.points if c.points is not None else '-'}"
-             f"/{c.max_points:g}", "message": c.message} for c in report.checks]
+    rows = [{"check": c.id, "status": SYMBOLS[c.status], "points": points_text(c.points, c.max_points),
+             "message": c.message} for c in report.checks]
     display(Markdown(f"**{report.student}**: {report.score:g} / {report.max_score:g} points"
                      + (f" — {report.error}" if report.error else "")))
     display(pd.DataFrame(rows).style.hide(axis="index").set_properties(**{"text-align": "left"}))

@@ -10,7 +10,7 @@ from grader.report import Report
 SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP", "manual": "MANUAL"}
 
 
-def _points(points: float | None, max_points: float) -> str:
+def points_text(points: float | None, max_points: float) -> str:
     return f"{'-' if points is None else f'{points:g}'}/{max_points:g}"
 
 
@@ -26,7 +26,7 @@ def render_table(report: Report, width: int | None = None) -> str:
     lines.append("-" * min(width, id_width + 18 + message_width))
     for check in report.checks:
         message = textwrap.wrap(check.message, message_width) or [""]
-        lines.append(f"{check.id:<{id_width}}{SYMBOLS[check.status]:<8}{_points(check.points, check.max_points):>8}"
+        lines.append(f"{check.id:<{id_width}}{SYMBOLS[check.status]:<8}{points_text(check.points, check.max_points):>8}"
                      f"  {message[0]}")
         lines += [" " * (id_width + 18) + more for more in message[1:]]
     lines.append("-" * min(width, id_width + 18 + message_width))
