@@ -129,6 +129,9 @@ def student_dir(out: Path, student: str) -> Path:
 def write_student(out: Path, report: Report, gradescope: bool) -> None:
     """Pictures and renderings first, report.json last: its presence means the student is done."""
     folder = student_dir(out, report.student)
+    for stale in folder.glob("*.png"):  # from an earlier grading of this student: not this report's
+        if stale.name not in report.attachments:
+            stale.unlink()
     for name, png in report.attachments.items():
         write_atomic(folder / name, png)
     write_atomic(folder / "report.md", render_markdown(report))

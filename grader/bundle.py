@@ -32,8 +32,8 @@ name = "vitgrade-student"
 version = "{version}"
 description = "Self-check for the ViT on CIFAR-10 assignment (test vectors; no solution inside)."
 requires-python = ">=3.10"
-dependencies = ["torch>=2.1", "numpy>=1.24", "nbformat>=5.9", "pandas>=2.0", "matplotlib>=3.7", "jinja2>=3.1",
-                "tqdm>=4.66", "tomli>=2.0; python_version < '3.11'"]
+dependencies = ["torch>=2.1", "numpy>=1.24", "nbformat>=5.9", "pandas>=2.0", "matplotlib>=3.7", "pillow>=10.0",
+                "jinja2>=3.1", "tqdm>=4.66", "tomli>=2.0; python_version < '3.11'"]
 
 [project.scripts]
 vitgrade = "grader.cli:main"

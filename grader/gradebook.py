@@ -75,22 +75,27 @@ def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric)
     return missing
 
 
-TA_COLUMNS = ["student_id", "check_id", "points", "comment", "max_points", "answer"]
+TA_COLUMNS = ["student_id", "check_id", "points", "comment", "max_points", "answer", "pictures"]
 
 
 def write_ta_sheet(out: Path, reports: list[Report]) -> None:
     """ta_sheet.csv (fill in points and comment, then merge with --manual) and ta_sheet.html (for reading).
 
     One row per manual check still awaiting a person; the CSV's first four columns are what
-    `--manual` reads, so the sheet goes back as it is.
+    `--manual` reads, so the sheet goes back as it is. `pictures`: the answer's pictures, as paths
+    relative to `out` (the HTML sheet shows them).
     """
+    from grader.batch import student_dir
     from grader.render.html import render_page
 
     rows = [{"student_id": r.student, "check_id": c.id, "points": "", "comment": "", "max_points": c.max_points,
-             "answer": c.details.get("answer", "")}
+             "answer": c.details.get("answer", ""),
+             "pictures": [(student_dir(out, r.student) / name).relative_to(out).as_posix()
+                          for name in c.details.get("pictures", [])]}
             for r in sorted(reports, key=lambda r: r.student) for c in r.checks
             if c.status == "manual" and c.points is None]
     frame = pd.DataFrame(rows, columns=TA_COLUMNS)
+    frame["pictures"] = frame["pictures"].map(" ".join)
     write_atomic(out / "ta_sheet.csv", frame.to_csv(index=False))
     groups = [(check_id, [row for row in rows if row["check_id"] == check_id])
               for check_id in dict.fromkeys(row["check_id"] for row in rows)]

@@ -14,7 +14,7 @@ from grader.checks.training import resolve_mode
 from grader.expected import Expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
-from grader.report import CheckResult, Report
+from grader.report import CheckResult, Report, answer_picture_name
 from grader.rubric import Rubric, load_rubric
 from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
 
@@ -152,6 +152,8 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
         fingerprint=fingerprint(Path(submission.path), rubric, ctx.notes.get("accuracy", "auto"), submission.digest),
     )
     report.attachments = _pictures(ctx.notes.get("training"))
+    for tag, pictures in submission.answer_pictures.items():
+        report.attachments.update({answer_picture_name(tag, n): png for n, png in enumerate(pictures, start=1)})
     return report
 
 

@@ -32,7 +32,7 @@ def merge_manual(out: Path, csv_path: Path) -> list[str]:
             continue
         folder = student_dir(out, safe_id(str(row.student_id)))
         try:
-            report = load_report(folder / "report.json")
+            report = load_report(folder / "report.json", pictures=True)
         except (OSError, ValueError):
             notes.append(f"{where}: no report for student {row.student_id}")
             continue

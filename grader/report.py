@@ -50,7 +50,8 @@ class Report:
     fingerprint: dict[str, str] = field(default_factory=dict)
     grader_version: str = __version__
     schema_version: int = SCHEMA_VERSION
-    # Pictures (file name -> PNG bytes) written beside the report; not part of report.json.
+    # Pictures (file name -> PNG bytes) written beside the report; not part of report.json. The
+    # trained model's (training.png, attention.png) and the answers' (see answer_picture_name).
     attachments: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -76,6 +77,17 @@ class Report:
         """Exit code of `vitgrade check`: 0 every automatic check passed, 1 otherwise."""
         return 0 if self.automatic_checks_passed else 1
 
+    def answer_pictures(self, tag: str) -> list[str]:
+        """File names of the pictures in the answer tagged `tag`, in the answer's order."""
+        names: list[str] = []
+        while (name := answer_picture_name(tag, len(names) + 1)) in self.attachments:
+            names.append(name)
+        return names
+
+    @property
+    def model_pictures(self) -> list[str]:
+        return sorted(name for name in self.attachments if not name.startswith(ANSWER_PICTURE_PREFIX))
+
     def check(self, check_id: str) -> CheckResult | None:
         return next((c for c in self.checks if c.id == check_id), None)
 
@@ -100,6 +112,15 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
 
 
+ANSWER_PICTURE_PREFIX = "answer-"
+
+
+def answer_picture_name(tag: str, number: int) -> str:
+    """File name, beside the report, of picture `number` (from 1) of the answer tagged `tag` (a tag the
+    intake accepted: letters, digits and hyphens)."""
+    return f"{ANSWER_PICTURE_PREFIX}{tag}-{number}.png"
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,5 +137,9 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise
 
 
-def load_report(path: Path) -> Report:
-    return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+def load_report(path: Path, pictures: bool = False) -> Report:
+    """The report in report.json; with `pictures`, also the pictures beside it (to render it again)."""
+    report = Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    if pictures:
+        report.attachments = {p.name: p.read_bytes() for p in sorted(path.parent.glob("*.png")) if p.is_file()}
+    return report

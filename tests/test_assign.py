@@ -169,7 +169,7 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     out = tmp_path / "out"
     assert main(["grade", str(submissions), "--out", str(out), "--accuracy", "off", "--quiet"]) == 0
     sheet = pd.read_csv(out / "ta_sheet.csv", dtype=str, keep_default_na=False)
-    assert list(sheet.columns) == ["student_id", "check_id", "points", "comment", "max_points", "answer"]
+    assert list(sheet.columns) == ["student_id", "check_id", "points", "comment", "max_points", "answer", "pictures"]
     assert sorted(sheet.check_id) == sorted(MANUAL_TASKS) and set(sheet.student_id) == {"s0001"}
     assert "クラストークン" in sheet.set_index("check_id").loc["task1.diagram", "answer"]
     html = (out / "ta_sheet.html").read_text(encoding="utf-8")

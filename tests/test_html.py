@@ -21,6 +21,28 @@ DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshot
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
 
 
+def _with_pasted_diagram(source: Path, target: Path) -> None:
+    """The notebook with a drawn diagram pasted into 課題1's diagram cell (as Jupyter stores a paste)."""
+    import base64
+    import io
+
+    import nbformat
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("RGB", (640, 120), "white")
+    draw = ImageDraw.Draw(picture)
+    for i, label in enumerate(["(B,3,32,32)", "(B,64,48)", "(B,65,512)", "x6 layers", "(B,10)"]):
+        draw.rectangle((10 + 125 * i, 35, 115 + 125 * i, 85), outline="black", width=2)
+        draw.text((20 + 125 * i, 52), label, fill="black")
+    png = io.BytesIO()
+    picture.save(png, "PNG")
+    nb = nbformat.read(source, as_version=4)
+    cell = next(c for c in nb.cells if "task1-diagram" in c.metadata.get("tags", []))
+    cell.source += "\n\n![image.png](attachment:image.png)"
+    cell.attachments = {"image.png": {"image/png": base64.b64encode(png.getvalue()).decode()}}
+    nbformat.write(nb, target)
+
+
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> dict[str, Path]:
     """A graded class with a trained model's pictures, so every kind of content is on a page."""
@@ -30,7 +52,7 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     data.write_npz(data.synthesize(train=600, test=100, seed=2), root / "data" / "synthetic.npz")
     submissions = root / "subs"
     submissions.mkdir()
-    shutil.copy(EXAMPLES / "s1004_handout_ja_filled.ipynb", submissions / "s1004.ipynb")
+    _with_pasted_diagram(EXAMPLES / "s1004_handout_ja_filled.ipynb", submissions / "s1004.ipynb")
     shutil.copy(EXAMPLES / "s2002_textbook_residual.py", submissions / "s2002.py")
     (submissions / "s3003.ipynb").write_text("{broken", encoding="utf-8")
     from grader.rubric import load_rubric
@@ -76,6 +98,8 @@ def test_page_renders_offline_with_every_image_and_no_errors(pages, browser, pag
     assert all(complete and width > 0 for complete, width in images)
     if page_name in ("summary", "report"):
         assert len(images) >= 2  # summary: score histogram and pass rates; report: curve and attention maps
+    if page_name == "ta-sheet":
+        assert len(images) == 1  # the diagram pasted into s1004's notebook
     assert page.locator("table").count() >= (0 if page_name == "report-error" else 1)
     folder = DOCS_SCREENSHOTS if os.environ.get("VITGRADE_UPDATE_SCREENSHOTS") == "1" else tmp_path
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ class Submission:
     code: str
     units: list[CodeUnit]
     answers: dict[str, str] = field(default_factory=dict)
+    answer_pictures: dict[str, list[bytes]] = field(default_factory=dict)  # tag -> PNGs, see intake.pictures
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     digest: str = ""
@@ -73,6 +74,7 @@ def load_submission(path: str | Path, student_id: str | None = None, id_pattern:
         code=extracted.code,
         units=extracted.units,
         answers=found.answers,
+        answer_pictures=found.answer_pictures,
         warnings=warnings,
         files=found.files,
         digest=content_digest(path),

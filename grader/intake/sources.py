@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from grader.intake.code import REQUIRED_CLASSES, CodeUnit
+from grader.intake.pictures import MAX_PICTURES, AnswerPictures, extract_pictures
 
 MAX_FILE_BYTES = 50 * 1024**2  # a notebook with many plots stays well below this
 MAX_ZIP_TOTAL_BYTES = 200 * 1024**2
 MAX_ZIP_MEMBERS = 2000
 MAX_ZIP_RATIO = 200  # uncompressed / compressed; text compresses ~5-10x, bombs 1000x+
-TASK_TAGS = ("task1", "task2", "task3")
+# Answer cells are tagged task1..task3, optionally with a part ("task1-diagram"); the tag names picture files.
+ANSWER_TAG = re.compile(r"task[123](-[a-z0-9][a-z0-9-]{0,40})?")
 IGNORED_PARTS = {"__MACOSX", ".ipynb_checkpoints", "__pycache__", ".git"}
 
 
@@ -24,10 +27,11 @@ class IntakeError(Exception):
 
 @dataclass
 class SourceFiles:
-    """What a submission contributes: code units, tagged answers and warnings."""
+    """What a submission contributes: code units, tagged answers (text, and pictures as PNG) and warnings."""
 
     units: list[CodeUnit] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
+    answer_pictures: dict[str, list[bytes]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     local_modules: frozenset[str] = frozenset()
@@ -46,7 +50,9 @@ def read_text(path: Path) -> str:
         raise IntakeError(f"{path.name} is not UTF-8 text (byte {exc.start})") from None
 
 
-def read_notebook(path: Path) -> SourceFiles:
+def read_notebook(path: Path, root: Path | None = None) -> SourceFiles:
+    """Code cells and tagged answers; `root` is the submission's folder when the notebook came in one
+    (pictures the answers show from files must lie inside it)."""
     import nbformat  # imported here: only notebooks need it, and `vitgrade bench/train` start faster without it
 
     text = read_text(path)
@@ -69,15 +75,33 @@ def read_notebook(path: Path) -> SourceFiles:
         source = cell.get("source", "")
         source = "".join(source) if isinstance(source, list) else str(source)
         tags = cell.get("metadata", {}).get("tags", []) or []
-        for tag in tags:
-            if tag in TASK_TAGS or str(tag).startswith(tuple(f"{t}-" for t in TASK_TAGS)):
-                previous = found.answers.get(tag)
-                found.answers[tag] = f"{previous}\n\n{source}" if previous else source
+        tags = [t for t in tags if isinstance(t, str) and ANSWER_TAG.fullmatch(t)]
+        if tags and cell.get("cell_type") == "code":  # parsed as written (課題1's shape table)
+            _add_answer(found, tags, AnswerPictures(source))
+        elif tags:
+            _add_answer(found, tags, extract_pictures(source, cell.get("attachments"), path.parent, root))
         if cell.get("cell_type") == "code" and source.strip():
             found.units.append(CodeUnit(origin=f"{path.name} cell {index}", source=source))
     if not found.units:
         raise IntakeError(f"{path.name} has no code cells")
     return found
+
+
+def _add_answer(found: SourceFiles, tags: list[str], answer: AnswerPictures) -> None:
+    """Add a cell to the answers it is tagged with ("task1" and "task1-diagram"); its pictures belong to
+    the most specific tags (those naming a part), so each picture is kept once."""
+    for tag in tags:
+        previous = found.answers.get(tag)
+        found.answers[tag] = f"{previous}\n\n{answer.text}" if previous else answer.text
+    found.warnings += [f"answer cell {', '.join(tags)}: {warning}" for warning in answer.warnings]
+    if not answer.pictures:
+        return
+    for tag in [t for t in tags if "-" in t] or tags:
+        pictures = found.answer_pictures.setdefault(tag, [])  # several cells may share a tag
+        if len(pictures) + len(answer.pictures) > MAX_PICTURES:
+            found.warnings.append(f"answer {tag}: more than {MAX_PICTURES} pictures; the first "
+                                  f"{MAX_PICTURES} are shown")
+        pictures += answer.pictures[: MAX_PICTURES - len(pictures)]
 
 
 def read_python(path: Path) -> SourceFiles:
@@ -179,7 +203,7 @@ def read_folder(folder: Path) -> SourceFiles:
                 f"{len(notebooks)} notebooks found; graded {chosen.relative_to(folder)} (defines the most "
                 f"required classes, then newest); ignored: {others}"
             )
-        found = read_notebook(chosen)
+        found = read_notebook(chosen, root=folder)
     elif scripts:
         found = SourceFiles(local_modules=frozenset(p.stem for p in scripts))
         for script in scripts:

@@ -22,8 +22,9 @@ def data_uri(png: bytes) -> str:
 
 
 def render_html(report: Report) -> str:
-    pictures = [(name, data_uri(png)) for name, png in sorted(report.attachments.items())]
-    return environment().get_template("report.html.j2").render(r=report, pictures=pictures, version=__version__)
+    return environment().get_template("report.html.j2").render(
+        r=report, pictures=report.model_pictures, picture=lambda name: data_uri(report.attachments[name]),
+        version=__version__)
 
 
 def render_page(template: str, **context) -> str:

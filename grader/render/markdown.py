@@ -26,8 +26,8 @@ def render_markdown(report: Report) -> str:
     if report.answers:
         lines += ["", "## Written answers", ""]
         for tag, text in sorted(report.answers.items()):
-            lines += [f"### {tag}", "", text, ""]
-    for name in sorted(report.attachments):
+            lines += [f"### {tag}", "", text, ""] + [f"![{name}]({name})" for name in report.answer_pictures(tag)]
+    for name in report.model_pictures:
         lines += ["", f"![{name}]({name})"]
     if report.output:
         lines += ["", "## Output of your code while grading", "", "```", report.output[-20000:], "```"]
