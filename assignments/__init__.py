@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = ROOT.parent  # where the packages grader/, reference/ and assignments/ sit
 
 
 def assignment_dir(name: str = "vit_cifar10") -> Path:

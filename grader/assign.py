@@ -10,7 +10,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from assignments import assignment_dir
+from assignments import PROJECT_ROOT, assignment_dir
 
 LANGUAGES = ("ja", "en")
 NOTEBOOK_STEM = "vit_cifar10"
@@ -89,7 +89,7 @@ def _code_for(text: str, lang: str, version: str, name: str) -> str:
 
 def _included(relative: str) -> list[str]:
     """A package file's code without its `from __future__` line (it must open a module, not a cell)."""
-    path = assignment_dir().parent.parent / relative
+    path = PROJECT_ROOT / relative
     return [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("from __future__")]
 
 

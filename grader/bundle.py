@@ -70,7 +70,7 @@ def student_rubric(text: str) -> str:
 
 def write_bundle(dest: Path) -> Path:
     """Write the pip-installable bundle to `dest` (replacing it) and return `dest`."""
-    from assignments import assignment_dir
+    from assignments import PROJECT_ROOT, assignment_dir
     from grader.reference_expected import ReferenceExpected
 
     if dest.exists():
@@ -80,14 +80,13 @@ def write_bundle(dest: Path) -> Path:
     record(ReferenceExpected(), dest / "grader" / PACKAGED_VECTORS.name)
     rubric_dir = dest / "assignments" / assignment_dir().name
     rubric_dir.mkdir(parents=True)
-    shutil.copyfile(assignment_dir().parent / "__init__.py", dest / "assignments" / "__init__.py")
+    shutil.copyfile(PROJECT_ROOT / "assignments" / "__init__.py", dest / "assignments" / "__init__.py")
     (rubric_dir / "rubric.toml").write_text(student_rubric((assignment_dir() / "rubric.toml").read_text("utf-8")),
                                             encoding="utf-8")
     # The attention-map helpers are part of the handout (they are printed in the notebook), not the solution.
     (dest / "reference").mkdir()
     (dest / "reference" / "__init__.py").write_text('"""Attention-map helpers (the student bundle has no solution)."""\n')
-    shutil.copyfile(assignment_dir().parent.parent / "reference" / "attention_maps.py",
-                    dest / "reference" / "attention_maps.py")
+    shutil.copyfile(PROJECT_ROOT / "reference" / "attention_maps.py", dest / "reference" / "attention_maps.py")
     (dest / "pyproject.toml").write_text(PYPROJECT.format(version=__version__), encoding="utf-8")
     (dest / "README.md").write_text(README, encoding="utf-8")
     return dest

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from grader.checks.diagnose import as_tensor
 from grader.expected import SEEDS, Expected, State, ViTStages, inputs, random_weights
 from grader.spec import DEFAULT, ViTConfig, component_args, component_kwargs
 from reference.vit import FNN, SelfAttention, TransformerEncoderLayer, ViT
@@ -38,10 +39,6 @@ def layout(module: nn.Module) -> tuple[dict[str, tuple[int, ...]], set[str]]:
     return shapes, gains
 
 
-def _t(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
 class ReferenceExpected(Expected):
     source = "reference solution"
     can_train_reference = True
@@ -58,7 +55,7 @@ class ReferenceExpected(Expected):
     def output(self, kind: str) -> tuple[np.ndarray, State]:
         module = self._module(kind)
         with torch.no_grad():
-            y = module(_t(inputs(kind)))
+            y = module(as_tensor(inputs(kind)))
         extras = {"attn_weights": module.attn_weights.numpy()} if isinstance(module, SelfAttention) else {}
         return y.numpy(), extras
 
@@ -75,7 +72,7 @@ class ReferenceExpected(Expected):
     def vit_stages(self) -> ViTStages:
         model = self._module("ViT")
         with torch.no_grad():
-            images = _t(inputs("ViT"))
+            images = as_tensor(inputs("ViT"))
             patches = model.patchify(images)
             tokens = model.embed(images)
             outputs, h = [], tokens
@@ -91,16 +88,16 @@ class ReferenceExpected(Expected):
         if layer_in is None:
             return None
         with torch.no_grad():
-            return self._module("ViT").layers[index](_t(layer_in)).numpy()
+            return self._module("ViT").layers[index](as_tensor(layer_in)).numpy()
 
 
 def attention_variants(ref: State, x: np.ndarray, heads: int) -> dict[str, np.ndarray]:
-    xt = _t(x)
+    xt = as_tensor(x)
     b, n, d = xt.shape
     dh = d // heads
-    qkv = (xt @ _t(ref["proj_in.weight"]).T).view(b, n, 3, heads, dh).permute(2, 0, 3, 1, 4)
+    qkv = (xt @ as_tensor(ref["proj_in.weight"]).T).view(b, n, 3, heads, dh).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, Dh)
-    w_out, b_out = _t(ref["proj_out.weight"]), _t(ref["proj_out.bias"])
+    w_out, b_out = as_tensor(ref["proj_out.weight"]), as_tensor(ref["proj_out.bias"])
 
     def finish(context: torch.Tensor, transpose: bool = True, project: bool = True) -> np.ndarray:
         merged = context.transpose(1, 2).reshape(b, n, d) if transpose else context.reshape(b, n, d)
@@ -123,11 +120,11 @@ def attention_variants(ref: State, x: np.ndarray, heads: int) -> dict[str, np.nd
 
 
 def fnn_variants(ref: State, x: np.ndarray) -> dict[str, np.ndarray]:
-    xt = _t(x)
-    hidden = xt @ _t(ref["linear1.weight"]).T + _t(ref["linear1.bias"])
+    xt = as_tensor(x)
+    hidden = xt @ as_tensor(ref["linear1.weight"]).T + as_tensor(ref["linear1.bias"])
 
     def out(h: torch.Tensor) -> np.ndarray:
-        return (h @ _t(ref["linear2.weight"]).T + _t(ref["linear2.bias"])).numpy()
+        return (h @ as_tensor(ref["linear2.weight"]).T + as_tensor(ref["linear2.bias"])).numpy()
 
     return {
         "ReLU is used where the handout uses GELU": out(F.relu(hidden)),

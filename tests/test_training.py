@@ -145,10 +145,12 @@ def test_bench_measures_both_loops_in_one_run():
     result = bench(small, 256, "cpu", {"lr": 1e-3}, batch_sizes=[64, 128], compile_modes=[None], repeats=2,
                    progress=rounds.append)
     assert len(result.handout) == 2 and all(speed > 0 for speed in result.handout)
+    assert len(result.handout_data_share) == 2 and all(0 < share < 1 for share in result.handout_data_share)
     assert list(result.harness) == ["batch 64, eager", "batch 128, eager"]
     assert all(len(runs) == 2 and min(runs) > 0 for runs in result.harness.values())
     assert len(rounds) == 2 and rounds[0].startswith("round 1/2: handout")
     assert "x the handout loop" in result.describe() and "median of 2 run(s)" in result.describe()
+    assert "of its time waiting for data" in result.describe()
     fused = bench(small, 128, "cpu", {"lr": 1e-3}, batch_sizes=[64], compile_modes=[None], repeats=1,
                   fused_attention=True)
     assert list(fused.harness) == ["batch 64, eager, fused attention"]

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 State = dict[str, np.ndarray]
 
 
-def _t(array: np.ndarray) -> torch.Tensor:
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the array's memory (made contiguous first: test vectors may be views)."""
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    return F.layer_norm(_t(x), (x.shape[-1],), _t(weight), _t(bias), eps).numpy()
+    return F.layer_norm(as_tensor(x), (x.shape[-1],), as_tensor(weight), as_tensor(bias), eps).numpy()
 
 
 def token_variants(ref: State, patch_tokens: np.ndarray) -> dict[str, np.ndarray]:

@@ -28,8 +28,10 @@ def forward_flops(config: dict) -> float:
     return 2 * patches * 3 * p * p * d + layers * per_layer + 2 * d * c
 
 
-def handout_loop_images_per_second(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device) -> float:
-    """The handout's loop: torchvision ToTensor + Normalize per image, DataLoader batch 100, SGD, fp32."""
+def handout_loop_images_per_second(model: nn.Module, x: np.ndarray, y: np.ndarray,
+                                   device: torch.device) -> tuple[float, float]:
+    """The handout's loop: torchvision ToTensor + Normalize per image, DataLoader batch 100, SGD, fp32.
+    Returns images/s and the share of the time spent waiting for the DataLoader's batches."""
     import torchvision.transforms as transforms
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -46,9 +48,16 @@ def handout_loop_images_per_second(model: nn.Module, x: np.ndarray, y: np.ndarra
     loader = DataLoader(Images(), batch_size=100, shuffle=True)
     model = model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    seen = 0
+    seen, waiting = 0, 0.0
+    batches = iter(loader)
     started = time.perf_counter()
-    for inputs, labels in loader:
+    while True:
+        asked = time.perf_counter()
+        try:
+            inputs, labels = next(batches)
+        except StopIteration:
+            break
+        waiting += time.perf_counter() - asked
         inputs, labels = inputs.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = F.cross_entropy(model(inputs), labels)
@@ -58,7 +67,8 @@ def handout_loop_images_per_second(model: nn.Module, x: np.ndarray, y: np.ndarra
         seen += len(labels)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return seen / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return seen / seconds, waiting / seconds
 
 
 @dataclass
@@ -69,13 +79,15 @@ class BenchResult:
     config: dict
     images: int
     handout: list[float] = field(default_factory=list)
+    handout_data_share: list[float] = field(default_factory=list)  # of the handout loop's time
     harness: dict[str, list[float]] = field(default_factory=dict)  # variant (batch size, compile mode) -> runs
     peak_tflops: float | None = None
 
     def describe(self) -> str:
         lines = [f"device {self.device}, config {self.config or 'default'}, {self.images} training images per loop, "
                  f"median of {len(self.handout)} run(s) (min-max)",
-                 f"handout loop (DataLoader, ToTensor+Normalize, batch 100, fp32): {_spread(self.handout)} images/s"]
+                 f"handout loop (DataLoader, ToTensor+Normalize, batch 100, fp32): {_spread(self.handout)} images/s, "
+                 f"{median(self.handout_data_share):.0%} of its time waiting for data"]
         base = median(self.handout)
         for name, runs in self.harness.items():
             speed = median(runs)
@@ -113,9 +125,11 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
         result.peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
         result.device = f"{dev} ({name})"
 
-    def handout() -> float:
+    def handout() -> None:
         torch.manual_seed(0)
-        return handout_loop_images_per_second(ViT(**config), x, y, dev)
+        speed, data_share = handout_loop_images_per_second(ViT(**config), x, y, dev)
+        result.handout.append(speed)
+        result.handout_data_share.append(data_share)
 
     def harness(variant: dict, count: int):
         torch.manual_seed(0)
@@ -138,7 +152,7 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
             variants[name] = variant
             result.harness[name] = []
     for round_number in range(1, repeats + 1):
-        result.handout.append(handout())
+        handout()
         for name, variant in variants.items():
             result.harness[name].append(harness(variant, images).header["images_per_second"])
         if progress:
