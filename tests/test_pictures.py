@@ -115,7 +115,7 @@ def test_picture_files_must_be_inside_the_submission(tmp_path):
     assert found.text == "[picture 1] [picture not shown] [picture not shown]" and len(found.pictures) == 1
     assert "outside the submission" in found.warnings[0] and "not a file" in found.warnings[1]
     alone = extract_pictures("![](img/d.png)", notebook_dir=folder)  # a lone notebook carries no files
-    assert alone.pictures == [] and "single-notebook submission" in alone.warnings[0]
+    assert alone.pictures == [] and "lone .ipynb cannot carry files" in alone.warnings[0]
 
 
 def test_zip_with_a_diagram_file_beside_the_notebook(tmp_path):

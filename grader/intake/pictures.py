@@ -95,15 +95,15 @@ def _attachment(name: str, attachments: dict) -> bytes:
 
 def _file(src: str, notebook_dir: Path | None, root: Path | None) -> bytes:
     if notebook_dir is None or root is None:
-        raise PictureError(f"refers to the file {src!r}, which a single-notebook submission cannot include "
-                           "(paste the picture into the cell, or submit a .zip with the file)")
+        raise PictureError("a lone .ipynb cannot carry files; paste the picture into the cell, or submit a .zip "
+                           "with the notebook and the file")
     path = (notebook_dir / src.split("?")[0]).resolve()
     if not path.is_relative_to(root.resolve()):
-        raise PictureError(f"refers to {src!r}, outside the submission")
+        raise PictureError("it lies outside the submission")
     if path.is_symlink() or not path.is_file():
-        raise PictureError(f"refers to {src!r}, which is not a file in the submission")
+        raise PictureError("it is not a file in the submission")
     if path.stat().st_size > MAX_PICTURE_BYTES:
-        raise PictureError(f"{src!r} is over the {MAX_PICTURE_BYTES // 1024**2} MB limit")
+        raise PictureError(f"it is over the {MAX_PICTURE_BYTES // 1024**2} MB limit")
     return path.read_bytes()
 
 
@@ -118,12 +118,12 @@ def extract_pictures(text: str, attachments: dict | None = None, notebook_dir: P
 
     def add(data_source, label: str) -> str:
         if len(found.pictures) >= MAX_PICTURES:
-            found.warnings.append(f"more than {MAX_PICTURES} pictures; {label} is not shown")
+            found.warnings.append(f"{label} not shown: more than {MAX_PICTURES} pictures")
             return f"[picture not shown: over {MAX_PICTURES}]"
         try:
             found.pictures.append(to_png(data_source()))
         except PictureError as exc:
-            found.warnings.append(f"{label}: {exc}; not shown")
+            found.warnings.append(f"{label} not shown: {exc}")
             return "[picture not shown]"
         return f"[picture {len(found.pictures)}]"
 

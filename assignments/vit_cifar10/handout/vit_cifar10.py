@@ -299,7 +299,7 @@ class ViT(nn.Module):
 # %% [markdown] lang="ja" tags=["task1"]
 # #### **課題１**
 #
-# (1) 全体的なネットワークの図を描いてください。各ステップごとに shape がどうなるかも書き込んでください。図は画像として下のセルに貼るか（`![図](diagram.png)`）、テキストで描いてください。
+# (1) 全体的なネットワークの図を描いてください。各ステップごとに shape がどうなるかも書き込んでください。図は画像を下のセルに貼り付けるか（Jupyter でも Colab でも画像はノートブックの中に保存されます。別ファイル `![図](diagram.png)` にする場合は、ノートブックと画像を .zip にまとめて提出してください）、テキストで描いてください。
 #
 # (2) 下の `task1_shapes` に、各ステージの shape を書いてください（自動採点）。バッチサイズは `"B"` と書きます。`"default"` は上の表の設定、`"second"` は次の設定です:
 # `ViT(num_classes=100, img_size=48, patch_size=8, dim_hidden=192, num_heads=6, dim_feedforward=384, num_layers=4)`
@@ -307,7 +307,7 @@ class ViT(nn.Module):
 # %% [markdown] lang="en" tags=["task1"]
 # #### **Task 1**
 #
-# (1) Draw a diagram of the whole network, with the shape at every step. Paste it as an image in the cell below (`![diagram](diagram.png)`) or draw it as text.
+# (1) Draw a diagram of the whole network, with the shape at every step. Paste the image into the cell below (Jupyter and Colab keep a pasted image inside the notebook; if you link a separate file, `![diagram](diagram.png)`, submit the notebook and the file together in a .zip) or draw it as text.
 #
 # (2) Fill in the shape at every stage in `task1_shapes` below (graded automatically). Write the batch size as `"B"`. `"default"` is the configuration of the table above, `"second"` is this one:
 # `ViT(num_classes=100, img_size=48, patch_size=8, dim_hidden=192, num_heads=6, dim_feedforward=384, num_layers=4)`
