@@ -86,6 +86,15 @@ def test_large_picture_is_scaled_down():
     assert max(size_of(to_png(png(4000, 1000)))) == MAX_SIDE
 
 
+def test_phone_photo_is_turned_the_right_way_up():
+    photo = Image.new("RGB", (60, 20), (10, 10, 10))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; show rotated by 90 degrees
+    out = io.BytesIO()
+    photo.save(out, "JPEG", exif=exif)
+    assert size_of(to_png(out.getvalue())) == (20, 60)
+
+
 @pytest.mark.parametrize("data, message", [
     (b"not a picture at all", "not a readable picture"),
     (png_header_only(50_000, 50_000), "over the limit"),
@@ -109,12 +118,16 @@ def test_too_many_pictures_are_cut_with_a_warning():
 def test_picture_files_must_be_inside_the_submission(tmp_path):
     folder = tmp_path / "sub"
     (folder / "img").mkdir(parents=True)
-    (folder / "img" / "d.png").write_bytes(png())
+    (folder / "img" / "my diagram.png").write_bytes(png())
     (tmp_path / "secret.png").write_bytes(png())
-    found = extract_pictures("![](img/d.png) ![](../secret.png) ![](missing.png)", notebook_dir=folder, root=folder)
-    assert found.text == "[picture 1] [picture not shown] [picture not shown]" and len(found.pictures) == 1
-    assert "outside the submission" in found.warnings[0] and "not a file" in found.warnings[1]
-    alone = extract_pictures("![](img/d.png)", notebook_dir=folder)  # a lone notebook carries no files
+    (folder / "link.png").symlink_to(tmp_path / "secret.png")
+    found = extract_pictures("![](img/my%20diagram.png) ![](../secret.png) ![](link.png) ![](missing.png)",
+                             notebook_dir=folder, root=folder)
+    assert found.text == "[picture 1] [picture not shown] [picture not shown] [picture not shown]"
+    assert len(found.pictures) == 1 and len(found.warnings) == 3
+    assert "outside the submission" in found.warnings[0] and "outside the submission" in found.warnings[1]
+    assert "not a file" in found.warnings[2]
+    alone = extract_pictures("![](img/my%20diagram.png)", notebook_dir=folder)  # a lone notebook carries no files
     assert alone.pictures == [] and "lone .ipynb cannot carry files" in alone.warnings[0]
 
 

@@ -14,6 +14,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 MAX_PICTURES = 6  # per answer cell; a diagram needs one or two
 MAX_PICTURE_BYTES = 10 * 1024**2
@@ -43,7 +44,7 @@ class AnswerPictures:
 
 def to_png(data: bytes) -> bytes:
     """A PNG of at most MAX_SIDE pixels a side from the bytes of a PNG, JPEG, GIF, WebP or BMP picture."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if len(data) > MAX_PICTURE_BYTES:
         raise PictureError(f"{len(data) / 1024**2:.0f} MB, over the {MAX_PICTURE_BYTES // 1024**2} MB limit")
@@ -57,6 +58,7 @@ def to_png(data: bytes) -> bytes:
             if width * height > MAX_PIXELS:
                 raise PictureError(f"{width}x{height} pixels, over the limit of {MAX_PIXELS:,}")
             image.load()  # the first frame of an animation
+            image = ImageOps.exif_transpose(image)  # a phone photo of a drawing, the right way up
             image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
             image.thumbnail((MAX_SIDE, MAX_SIDE))
             out = io.BytesIO()
@@ -97,10 +99,10 @@ def _file(src: str, notebook_dir: Path | None, root: Path | None) -> bytes:
     if notebook_dir is None or root is None:
         raise PictureError("a lone .ipynb cannot carry files; paste the picture into the cell, or submit a .zip "
                            "with the notebook and the file")
-    path = (notebook_dir / src.split("?")[0]).resolve()
-    if not path.is_relative_to(root.resolve()):
+    path = (notebook_dir / unquote(src.split("?")[0])).resolve()  # links write spaces as %20
+    if not path.is_relative_to(root.resolve()):  # also where a symbolic link inside points out
         raise PictureError("it lies outside the submission")
-    if path.is_symlink() or not path.is_file():
+    if not path.is_file():
         raise PictureError("it is not a file in the submission")
     if path.stat().st_size > MAX_PICTURE_BYTES:
         raise PictureError(f"it is over the {MAX_PICTURE_BYTES // 1024**2} MB limit")
