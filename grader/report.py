@@ -77,6 +77,13 @@ class Report:
         """Exit code of `vitgrade check`: 0 every automatic check passed, 1 otherwise."""
         return 0 if self.automatic_checks_passed else 1
 
+    @property
+    def answers_to_show(self) -> list[tuple[str, str]]:
+        """The answers part by part ("task1-diagram"); a whole-task tag ("task1", whose cells include the
+        question) only for a task with no tagged parts."""
+        tasks_with_parts = {tag.split("-")[0] for tag in self.answers if "-" in tag}
+        return sorted((tag, text) for tag, text in self.answers.items() if "-" in tag or tag not in tasks_with_parts)
+
     def answer_pictures(self, tag: str) -> list[str]:
         """File names of the pictures in the answer tagged `tag`, in the answer's order."""
         names: list[str] = []

@@ -55,6 +55,13 @@ def test_score_semantics_and_round_trip(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "report.json"]  # no temporary file left behind
 
 
+def test_reports_show_each_answer_once_part_by_part():
+    report = Report("s1", "s1.ipynb", "graded", answers={
+        "task1": "question\n\ndiagram", "task1-diagram": "diagram", "task3": "an answer in an untagged-part task"})
+    assert report.answers_to_show == [("task1-diagram", "diagram"), ("task3", "an answer in an untagged-part task")]
+    assert report.to_dict()["answers"] == report.answers  # report.json keeps every tag
+
+
 def test_failure_report_is_well_formed():
     report = Report.failure("s2", "s2.zip", "zip bomb")
     assert report.status == "error" and report.score == 0 and report.max_score == 0 and report.return_code == 1

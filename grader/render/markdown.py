@@ -25,7 +25,7 @@ def render_markdown(report: Report) -> str:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
     if report.answers:
         lines += ["", "## Written answers", ""]
-        for tag, text in sorted(report.answers.items()):
+        for tag, text in report.answers_to_show:
             lines += [f"### {tag}", "", text, ""] + [f"![{name}]({name})" for name in report.answer_pictures(tag)]
     for name in report.model_pictures:
         lines += ["", f"![{name}]({name})"]
