@@ -243,13 +243,29 @@ def test_hostile_structured_answers_fail_cleanly_and_never_run(source, message, 
     assert not Path("/tmp/pwned").exists()
 
 
-def test_the_filled_example_is_the_current_solution_build():
+def test_the_examples_made_from_the_handout_are_current():
+    """s1004 is the Japanese solution build; s1005 the English one with its diagram as a file beside it."""
+    import zipfile
+
+    rebuild = "the handout source changed: rebuild the examples with python scripts/build_examples.py"
     example = nbformat.read(EXAMPLES / "s1004_handout_ja_filled.ipynb", as_version=4)
-    built = build_notebook("ja", "solution")
-    assert [c.source for c in example.cells] == [c.source for c in built.cells], (
-        "the handout source changed: rebuild the example with python -c \"import nbformat; from grader.assign import "
-        "build_notebook; nbformat.write(build_notebook('ja', 'solution'), "
-        "'assignments/vit_cifar10/examples/s1004_handout_ja_filled.ipynb')\"")
+    assert [c.source for c in example.cells] == [c.source for c in build_notebook("ja", "solution").cells], rebuild
+    with zipfile.ZipFile(EXAMPLES / "s1005_diagram_file.zip") as archive:
+        assert sorted(archive.namelist()) == ["s1005/diagram.png", "s1005/vit_cifar10_en.ipynb"]
+        zipped = nbformat.reads(archive.read("s1005/vit_cifar10_en.ipynb").decode(), as_version=4)
+    built = build_notebook("en", "solution")
+    diagram = next(i for i, c in enumerate(built.cells) if "task1-diagram" in c.metadata.get("tags", []))
+    built.cells[diagram].source = zipped.cells[diagram].source
+    assert "![diagram](diagram.png)" in zipped.cells[diagram].source
+    assert [c.source for c in zipped.cells] == [c.source for c in built.cells], rebuild
+
+
+def test_diagram_file_example_shows_its_picture():
+    report = grade_submission(EXAMPLES / "s1005_diagram_file.zip", accuracy="off")
+    diagram = report.check("task1.diagram")
+    assert diagram.status == "manual" and diagram.details["pictures"] == ["answer-task1-diagram-1.png"]
+    assert report.attachments["answer-task1-diagram-1.png"].startswith(b"\x89PNG")
+    assert report.automatic_checks_passed and not any("picture" in w for w in report.warnings)
 
 
 def test_self_check_cell_shows_a_table(built, monkeypatch, capsys):
