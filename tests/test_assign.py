@@ -174,6 +174,7 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     assert "クラストークン" in sheet.set_index("check_id").loc["task1.diagram", "answer"]
     html = (out / "ta_sheet.html").read_text(encoding="utf-8")
     assert "task1.diagram" in html and "クラストークン" in html
+    assert "3 written answers await a TA" in (out / "summary.html").read_text(encoding="utf-8")
     sheet.loc[sheet.check_id == "task1.diagram", ["points", "comment"]] = ["3.5", "arrows missing"]
     sheet.to_csv(tmp_path / "graded.csv", index=False)
     assert main(["grade", str(submissions), "--out", str(out), "--accuracy", "off", "--quiet",
@@ -183,6 +184,7 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     assert diagram["points"] == 3.5 and "arrows missing" in diagram["message"]
     remaining = pd.read_csv(out / "ta_sheet.csv", dtype=str)
     assert sorted(remaining.check_id) == ["task2.explanation", "task3.answer"]  # graded rows leave the sheet
+    assert "2 written answers await a TA" in (out / "summary.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("fast_harness", [False, True], ids=["handout-loop", "fast-harness"])

@@ -38,4 +38,5 @@ def render_summary(reports: list[Report], frame: pd.DataFrame, check_ids: list[s
     return render_page("summary.html.j2", reports=reports, graded=graded, statuses=statuses, isolation=isolation,
                        pictures=pictures, slowest=slowest, pairs=pairs, rates=rates, problems=problems,
                        mean=(sum(r.score for r in graded) / len(graded)) if graded else 0.0, max_score=max_score,
-                       errors=[r for r in reports if r.status == "error"])
+                       errors=[r for r in reports if r.status == "error"],
+                       awaiting_ta=sum(c.status == "manual" and c.points is None for r in graded for c in r.checks))
