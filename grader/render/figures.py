@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reference.attention_maps import attention_rollout, cls_attention, handout_heatmap, plot_overlay, upsample  # noqa: E402
 
@@ -67,9 +68,11 @@ def score_histogram_png(scores: list[float], max_score: float) -> bytes | None:
     if not scores:
         return None
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.hist(scores, bins=min(20, max(5, len(scores) // 3)), range=(0, max(max_score, 1)), color="tab:blue")
+    ax.hist(scores, bins=min(20, max(5, len(scores) // 3)), range=(0, max(max_score, 1)), color="tab:blue",
+            edgecolor="white")  # adjacent bins stay apart
     ax.set_xlabel("score")
     ax.set_ylabel("students")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of students
     ax.set_title("Score distribution (graded submissions)")
     return to_png(fig)
 
