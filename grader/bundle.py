@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
-import tomli_w
+import tomlkit
 
 from grader import __version__
 from grader.expected import PACKAGED_VECTORS, record
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 GRADER = Path(__file__).resolve().parent
 # Modules that compute the solution or need it; the bundle leaves them out.
@@ -62,10 +56,12 @@ or run the notebook's self-check cell.
 
 
 def student_rubric(text: str) -> str:
-    rubric = tomllib.loads(text)
+    """The rubric without the answer keys, its comments kept (they explain the checks to students too)."""
+    rubric = tomlkit.parse(text)
     for section, key in ANSWER_KEYS:
-        rubric.get(section, {}).pop(key, None)
-    return "# The course rubric without the answer keys that stay with the instructor.\n" + tomli_w.dumps(rubric)
+        if key in rubric.get(section, {}):
+            del rubric[section][key]
+    return "# The course rubric without the answer keys that stay with the instructor.\n" + tomlkit.dumps(rubric)
 
 
 def write_bundle(dest: Path) -> Path:

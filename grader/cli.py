@@ -156,13 +156,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from grader.training.calibration import calibrate
+    from grader.rubric import DEFAULT_RUBRIC
+    from grader.training.calibration import calibrate, write_margin
 
     spec = _accuracy_spec(args)
     device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
-    result = calibrate(_dataset(args), spec, device, seeds=list(range(args.seeds)), progress=True)
+    if args.seeds < 2:
+        raise UsageError("--seeds must be at least 2: the margin comes from the spread between seeds")
+    result = calibrate(_dataset(args), spec, device, seeds=args.seeds, progress=True)
     print(json.dumps(result, indent=2))
     print(f"suggested [accuracy.{spec.mode}] margin = {result['suggested_margin']} (current {spec.margin})")
+    if args.write:
+        write_margin(args.rubric or DEFAULT_RUBRIC, args.write, spec.mode, result["suggested_margin"])
+        print(f"wrote {args.write} with [accuracy.{spec.mode}] margin = {result['suggested_margin']}")
     return 0
 
 
@@ -258,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     assign_parser.set_defaults(func=cmd_assign)
 
     calibrate = sub.add_parser("calibrate", help="train the reference over several seeds; suggest the margin")
-    calibrate.add_argument("--seeds", type=int, default=3)
+    calibrate.add_argument("--seeds", type=int, default=3, help="reference trainings, from the recipe's seed on")
+    calibrate.add_argument("--write", type=Path, metavar="RUBRIC",
+                           help="write the rubric in use to RUBRIC with the suggested margin (comments kept; "
+                                "may be the --rubric file itself)")
     _add_common(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -209,3 +210,33 @@ def test_accuracy_check_is_skipped_with_the_reason_when_there_is_no_data(tmp_pat
     check = report.check("train.accuracy")
     assert check.status == "skipped" and "vitgrade data download" in check.message
     assert report.max_score == 2  # a skipped check counts in neither score nor max score
+
+
+def test_calibrate_suggests_a_margin_caches_the_baseline_and_writes_the_rubric(tmp_path, monkeypatch, synthetic, capsys):
+    import tomlkit
+
+    from grader.cli import main
+    from grader.rubric import DEFAULT_RUBRIC, load_rubric
+    from grader.training.calibration import AccuracySpec, cache_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    document = tomlkit.parse(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
+    quick = document["accuracy"]["quick"]
+    quick["train_images"], quick["test_images"] = 600, 200
+    quick["recipe"]["epochs"] = 1
+    rubric = tmp_path / "rubric.toml"
+    rubric.write_text(tomlkit.dumps(document), encoding="utf-8")
+    written = tmp_path / "calibrated.toml"
+    assert main(["calibrate", "--accuracy", "quick", "--seeds", "2", "--rubric", str(rubric),
+                 "--data-dir", str(synthetic[0] / "npz"), "--write", str(written)]) == 0
+    out = capsys.readouterr().out
+    suggested = float(out.split("suggested [accuracy.quick] margin = ")[1].split()[0])
+    assert 0.02 <= suggested <= 1 and f"wrote {written}" in out
+    calibrated = load_rubric(written)
+    assert calibrated.accuracy["quick"]["margin"] == suggested
+    assert "# A small configuration" in written.read_text(encoding="utf-8")  # the rubric's comments are kept
+    # The recipe seed's accuracy is cached under the key grading with the written rubric looks up.
+    spec = AccuracySpec.from_rubric(calibrated.accuracy, "quick")
+    cached = json.loads(cache_file().read_text())
+    assert list(cached) == [spec.key(data.find_dataset(synthetic[0] / "npz"), "cpu")]
+    assert main(["calibrate", "--accuracy", "quick", "--seeds", "1", "--rubric", str(rubric)]) == 2

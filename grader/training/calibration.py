@@ -78,13 +78,26 @@ def reference_accuracy(dataset: Dataset, spec: AccuracySpec, device: str) -> tup
     return accuracy, False
 
 
-def calibrate(dataset: Dataset, spec: AccuracySpec, device: str, seeds: list[int], progress: bool = False) -> dict:
-    """Train the reference over several seeds; the margin a correct model passes with every time."""
-    accuracies = [train_reference(dataset, spec, device, seed, progress) for seed in seeds]
-    baseline = accuracies[0] if accuracies else 0.0
+def calibrate(dataset: Dataset, spec: AccuracySpec, device: str, seeds: int, progress: bool = False) -> dict:
+    """Train the reference with `seeds` seeds (from the recipe's own); the margin a correct model passes with
+    every time. The recipe's seed is the one grading compares against: its accuracy is cached for grading."""
+    first = int(spec.recipe.get("seed", 0))
+    baseline, _ = reference_accuracy(dataset, spec, device)
+    accuracies = [baseline] + [train_reference(dataset, spec, device, first + i, progress) for i in range(1, seeds)]
     spread = max(accuracies) - min(accuracies)
     # The pass mark is baseline - margin: a correct model must clear it on every seed, with room
     # for the seed-to-seed spread seen here once more.
     margin = round(max(0.02, (baseline - min(accuracies)) + spread), 3)
-    return {"accuracies": accuracies, "mean": mean(accuracies), "spread": spread, "baseline_seed": seeds[0],
+    return {"accuracies": accuracies, "mean": mean(accuracies), "spread": spread, "baseline_seed": first,
             "suggested_margin": margin}
+
+
+def write_margin(rubric: Path, out: Path, mode: str, margin: float) -> None:
+    """Write `rubric` to `out` (which may be the same file) with [accuracy.<mode>] margin set, comments kept."""
+    import tomlkit
+
+    from grader.report import write_atomic
+
+    document = tomlkit.parse(rubric.read_text(encoding="utf-8"))
+    document["accuracy"][mode]["margin"] = margin
+    write_atomic(out, tomlkit.dumps(document))
