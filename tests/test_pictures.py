@@ -13,6 +13,8 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from grader.cli import main
@@ -185,3 +187,20 @@ def test_pictures_written_inside_code_are_text():
     text = "Paste it (`![図](diagram.png)`), or:\n```\n![x](attachment:x.png)\n```"
     found = extract_pictures(text, notebook_dir=Path("."))
     assert found.text == text and found.pictures == [] and found.warnings == []
+
+
+# Pieces of markdown and of picture references, shuffled into answers no student would write.
+PIECES = list("![]()<>\"'`:;,/.%\x00aé図 \n") + ["attachment:a", "data:image/png;base64,iVBOR", "<img src='", "../",
+                                                 "http://x", "a.png"]
+ATTACHMENTS = st.dictionaries(st.text(max_size=5), st.one_of(
+    st.none(), st.text(max_size=10),
+    st.dictionaries(st.sampled_from(["image/png", "text/plain", "x"]), st.one_of(st.text(max_size=20),
+                                                                                 st.lists(st.integers())))))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(st.sampled_from(PIECES), max_size=40).map("".join), attachments=ATTACHMENTS)
+def test_any_answer_gives_text_and_warnings_never_an_exception(tmp_path, text, attachments):
+    found = extract_pictures(text, attachments, notebook_dir=tmp_path, root=tmp_path)
+    assert isinstance(found.text, str) and len(found.pictures) <= MAX_PICTURES
+    assert all(isinstance(warning, str) for warning in found.warnings)

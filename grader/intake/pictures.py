@@ -91,7 +91,7 @@ def _attachment(name: str, attachments: dict) -> bytes:
         raise PictureError(f"attachment {name!r} is not a picture")
     try:
         return base64.b64decode("".join(payload) if isinstance(payload, list) else str(payload))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, TypeError):
         raise PictureError(f"attachment {name!r} has broken base64 data") from None
 
 
@@ -99,14 +99,17 @@ def _file(src: str, notebook_dir: Path | None, root: Path | None) -> bytes:
     if notebook_dir is None or root is None:
         raise PictureError("a lone .ipynb cannot carry files; paste the picture into the cell, or submit a .zip "
                            "with the notebook and the file")
-    path = (notebook_dir / unquote(src.split("?")[0])).resolve()  # links write spaces as %20
-    if not path.is_relative_to(root.resolve()):  # also where a symbolic link inside points out
-        raise PictureError("it lies outside the submission")
-    if not path.is_file():
-        raise PictureError("it is not a file in the submission")
-    if path.stat().st_size > MAX_PICTURE_BYTES:
-        raise PictureError(f"it is over the {MAX_PICTURE_BYTES // 1024**2} MB limit")
-    return path.read_bytes()
+    try:
+        path = (notebook_dir / unquote(src.split("?")[0])).resolve()  # links write spaces as %20
+        if not path.is_relative_to(root.resolve()):  # also where a symbolic link inside points out
+            raise PictureError("it lies outside the submission")
+        if not path.is_file():
+            raise PictureError("it is not a file in the submission")
+        if path.stat().st_size > MAX_PICTURE_BYTES:
+            raise PictureError(f"it is over the {MAX_PICTURE_BYTES // 1024**2} MB limit")
+        return path.read_bytes()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system, a file gone
+        raise PictureError("it cannot be read as a file of the submission") from None
 
 
 def extract_pictures(text: str, attachments: dict | None = None, notebook_dir: Path | None = None,
