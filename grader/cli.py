@@ -146,7 +146,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     modes = [None if m == "eager" else m for m in (args.compile_mode or (["default"] if cuda else ["eager", "default"]))]
     images = args.images or (20000 if cuda else 2000)
     result = bench(config, images, device, recipe, batch_sizes, modes, repeats=args.repeats,
-                   fused_attention=args.fused_attention, progress=lambda line: print(line, flush=True))
+                   fused_attention=args.fused_attention, profile=args.profile,
+                   progress=lambda line: print(line, flush=True))
     print(result.describe())
     return 0
 
@@ -251,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--fused-attention", action="store_true",
                               help="harness model uses the reference's fused attention (an upper bound: student "
                                    "models keep their own attention)")
+    bench_parser.add_argument("--profile", action="store_true",
+                              help="also print where the first harness variant spends its time (torch.profiler)")
     bench_parser.add_argument("--batch-size", type=int, nargs="+", help="harness batch size(s) to measure")
     bench_parser.add_argument("--compile-mode", nargs="+", choices=["eager", *COMPILE_MODES],
                               help="harness torch.compile mode(s) to measure (default: default on CUDA, eager and default on "

@@ -51,7 +51,7 @@ fi
 if wanted bench; then
 step "bench: harness vs the handout loop, default configuration, synthetic CIFAR-10-sized images"
 timeout 300 $py -m grader bench --device cuda --config default --images 50000 \
-    ${BENCH_ARGS:---batch-size 512 1024 2048 --repeats 2} 2>&1 | tee "$out/bench.txt"
+    ${BENCH_ARGS:---batch-size 512 1024 2048 --repeats 2 --profile} 2>&1 | tee "$out/bench.txt"
 # An upper bound: the same model with the reference's fused attention (student models keep their own).
 timeout 300 $py -m grader bench --device cuda --config default --images 50000 --batch-size 1024 --repeats 2 \
     --fused-attention 2>&1 | tee -a "$out/bench.txt"

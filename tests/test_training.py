@@ -152,9 +152,12 @@ def test_bench_measures_both_loops_in_one_run():
     assert len(rounds) == 2 and rounds[0].startswith("round 1/2: handout")
     assert "x the handout loop" in result.describe() and "median of 2 run(s)" in result.describe()
     assert "of its time waiting for data" in result.describe()
+    assert "where harness" not in result.describe()
     fused = bench(small, 128, "cpu", {"lr": 1e-3}, batch_sizes=[64], compile_modes=[None], repeats=1,
-                  fused_attention=True)
+                  fused_attention=True, profile=True)
     assert list(fused.harness) == ["batch 64, eager, fused attention"]
+    assert "where harness batch 64, eager, fused attention spends its time" in fused.describe()
+    assert "aten::" in fused.profile  # the operators, by self time
 
 
 def test_flop_count_of_the_default_model():

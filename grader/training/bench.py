@@ -82,6 +82,7 @@ class BenchResult:
     handout_data_share: list[float] = field(default_factory=list)  # of the handout loop's time
     harness: dict[str, list[float]] = field(default_factory=dict)  # variant (batch size, compile mode) -> runs
     peak_tflops: float | None = None
+    profile: str = ""  # operator table of one harness run, when asked for
 
     def describe(self) -> str:
         lines = [f"device {self.device}, config {self.config or 'default'}, {self.images} training images per loop, "
@@ -97,7 +98,20 @@ class BenchResult:
                 peak = f", {tflops / self.peak_tflops:.0%} of the card's bf16 peak" if self.peak_tflops else ""
                 line += f", {tflops:.1f} TFLOP/s (analytic count){peak}"
             lines.append(line)
+        if self.profile:
+            lines.append(self.profile)
         return "\n".join(lines)
+
+
+def operator_table(run, device: torch.device, rows: int = 15) -> str:
+    """torch.profiler's table of the operators `run()` spends most time in (on CUDA: time on the device)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                     row_limit=rows)
 
 
 def _spread(runs: list[float]) -> str:
@@ -106,12 +120,13 @@ def _spread(runs: list[float]) -> str:
 
 def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: list[int],
           compile_modes: list[str | None], repeats: int = 3, fused_attention: bool = False,
-          progress=None) -> BenchResult:
+          profile: bool = False, progress=None) -> BenchResult:
     """The handout loop and the harness for every batch size and compile mode (None: eager) on the same model
     architecture, data and device, in one run: after a warm-up of each, `repeats` rounds that measure them in
     turn, so drift on a busy machine hits all alike. `fused_attention` runs the harness's model with the
     reference's fused attention path (the same function; a student's model has its own attention, so
-    this bounds what the harness could do, it is not what grading gets). `progress(line)` hears each round."""
+    this bounds what the harness could do, it is not what grading gets). `profile` adds the operator table
+    of one more run of the first harness variant (where the time goes). `progress(line)` hears each round."""
     from reference.vit import ViT, set_fused_attention
 
     dev = torch.device(device)
@@ -158,4 +173,8 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
         if progress:
             progress(f"round {round_number}/{repeats}: handout {result.handout[-1]:,.0f}, " + ", ".join(
                 f"{name} {runs[-1]:,.0f}" for name, runs in result.harness.items()) + " images/s")
+    if profile:
+        name, variant = next(iter(variants.items()))
+        table = operator_table(lambda: harness(variant, min(images, 20 * variant["batch_size"])), dev)
+        result.profile = f"where harness {name} spends its time (torch.profiler, top operators by self time):\n{table}"
     return result
