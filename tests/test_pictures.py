@@ -79,6 +79,22 @@ def test_unreferenced_attachments_and_html_img_tags_are_shown_too():
     assert found.text == "[picture 1]\n[picture 2]" and len(found.pictures) == 2
 
 
+def test_a_diagram_drawn_in_a_code_cell_is_taken_from_its_output(tmp_path):
+    nb = solution_notebook("")
+    index = next(i for i, c in enumerate(nb.cells) if DIAGRAM_CELL in c.metadata.get("tags", []))
+    drawing = nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([0, 1])", metadata={
+        "tags": ["task1", DIAGRAM_CELL]}, outputs=[
+        nbformat.v4.new_output("stream", text="drawing\n"),
+        nbformat.v4.new_output("display_data", data={"image/png": b64(png(30, 20)), "text/plain": "<Figure>"}),
+        nbformat.v4.new_output("display_data", data={"image/png": "%%% not base64"})])
+    nb.cells[index] = drawing
+    nbformat.write(nb, tmp_path / "s.ipynb")
+    submission = load_submission(tmp_path / "s.ipynb")
+    assert submission.answers[DIAGRAM_CELL] == drawing.source  # a code answer stays as written
+    assert [size_of(p) for p in submission.answer_pictures[DIAGRAM_CELL]] == [(30, 20)]
+    assert any("output 3 not shown" in w for w in submission.warnings)
+
+
 def test_web_addresses_are_left_as_text_and_never_fetched():
     text = "![diagram](https://example.com/d.png)"
     assert extract_pictures(text).text == text and extract_pictures(text).pictures == []

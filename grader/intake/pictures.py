@@ -89,10 +89,15 @@ def _attachment(name: str, attachments: dict) -> bytes:
     payload = next((v for k, v in bundle.items() if str(k).startswith("image/")), None)
     if payload is None:
         raise PictureError(f"attachment {name!r} is not a picture")
+    return _decode(payload, f"attachment {name!r} has broken base64 data")
+
+
+def _decode(payload, broken: str) -> bytes:
+    """Base64 as notebooks store it: one string, or a list of lines."""
     try:
         return base64.b64decode("".join(payload) if isinstance(payload, list) else str(payload))
     except (binascii.Error, ValueError, TypeError):
-        raise PictureError(f"attachment {name!r} has broken base64 data") from None
+        raise PictureError(broken) from None
 
 
 def _file(src: str, notebook_dir: Path | None, root: Path | None) -> bytes:
@@ -112,6 +117,33 @@ def _file(src: str, notebook_dir: Path | None, root: Path | None) -> bytes:
         raise PictureError("it cannot be read as a file of the submission") from None
 
 
+def _add(found: AnswerPictures, load, label: str) -> str:
+    """Add the picture `load()` returns to `found`; the text that stands for it in the answer."""
+    if len(found.pictures) >= MAX_PICTURES:
+        found.warnings.append(f"{label} not shown: more than {MAX_PICTURES} pictures")
+        return f"[picture not shown: over {MAX_PICTURES}]"
+    try:
+        found.pictures.append(to_png(load()))
+    except PictureError as exc:
+        found.warnings.append(f"{label} not shown: {exc}")
+        return "[picture not shown]"
+    return f"[picture {len(found.pictures)}]"
+
+
+def output_pictures(source: str, outputs) -> AnswerPictures:
+    """A code answer cell: its source as written (it may be parsed, as 課題1's shape table is) and the
+    pictures its saved outputs show (a diagram drawn with matplotlib)."""
+    found = AnswerPictures(text=source)
+    for number, output in enumerate(outputs if isinstance(outputs, list) else [], start=1):
+        data = output.get("data") if isinstance(output, dict) else None
+        payload = next((v for k, v in data.items() if k in ("image/png", "image/jpeg")), None) if isinstance(
+            data, dict) else None
+        if payload is not None:
+            _add(found, lambda payload=payload: _decode(payload, "its base64 data is broken"),
+                 f"the picture in output {number}")
+    return found
+
+
 def extract_pictures(text: str, attachments: dict | None = None, notebook_dir: Path | None = None,
                      root: Path | None = None) -> AnswerPictures:
     """The pictures an answer cell shows, in order: its references (attachments, data URIs, files under
@@ -121,16 +153,8 @@ def extract_pictures(text: str, attachments: dict | None = None, notebook_dir: P
     found = AnswerPictures(text="")
     used: set[str] = set()
 
-    def add(data_source, label: str) -> str:
-        if len(found.pictures) >= MAX_PICTURES:
-            found.warnings.append(f"{label} not shown: more than {MAX_PICTURES} pictures")
-            return f"[picture not shown: over {MAX_PICTURES}]"
-        try:
-            found.pictures.append(to_png(data_source()))
-        except PictureError as exc:
-            found.warnings.append(f"{label} not shown: {exc}")
-            return "[picture not shown]"
-        return f"[picture {len(found.pictures)}]"
+    def add(load, label: str) -> str:
+        return _add(found, load, label)
 
     def replace(match: re.Match) -> str:
         src = match.group("src") or match.group("html_src")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grader.intake.code import REQUIRED_CLASSES, CodeUnit
-from grader.intake.pictures import MAX_PICTURES, AnswerPictures, extract_pictures
+from grader.intake.pictures import MAX_PICTURES, AnswerPictures, extract_pictures, output_pictures
 
 MAX_FILE_BYTES = 50 * 1024**2  # a notebook with many plots stays well below this
 MAX_ZIP_TOTAL_BYTES = 200 * 1024**2
@@ -76,8 +76,8 @@ def read_notebook(path: Path, root: Path | None = None) -> SourceFiles:
         source = "".join(source) if isinstance(source, list) else str(source)
         tags = cell.get("metadata", {}).get("tags", []) or []
         tags = [t for t in tags if isinstance(t, str) and ANSWER_TAG.fullmatch(t)]
-        if tags and cell.get("cell_type") == "code":  # parsed as written (課題1's shape table)
-            _add_answer(found, tags, AnswerPictures(source))
+        if tags and cell.get("cell_type") == "code":
+            _add_answer(found, tags, output_pictures(source, cell.get("outputs")))
         elif tags:
             _add_answer(found, tags, extract_pictures(source, cell.get("attachments"), path.parent, root))
         if cell.get("cell_type") == "code" and source.strip():
