@@ -200,6 +200,7 @@ def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, na
     check = report.check("train.accuracy")
     details = check.details
     assert details["synthetic_data"] and details["mode"] == "quick" and details["test_images"] == 400
+    assert details["precision"] in ("float32", "bfloat16")
     assert (check.status == "passed") == passes, check.message
     if not passes:
         assert details["accuracy"] < details["threshold"] <= details["reference_accuracy"]

@@ -72,7 +72,7 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
     details = {
         "accuracy": accuracy, "threshold": threshold, "reference_accuracy": baseline, "reference_cached": cached,
         "margin": spec.margin, "floor": spec.floor, "mode": mode, "epochs": info.get("epochs_run"),
-        "device": info.get("device"), "images_per_second": info.get("images_per_second"),
+        "device": info.get("device"), "precision": info.get("autocast"), "images_per_second": info.get("images_per_second"),
         "train_seconds": info.get("train_seconds"), "dataset": dataset.name, "synthetic_data": dataset.synthetic,
         "train_images": len(data.x_train), "test_images": len(data.x_test), "history": info.get("history", []),
         "compiled": info.get("compiled", False), "notes": info.get("notes", []),
