@@ -14,7 +14,7 @@ from grader.checks.training import resolve_mode
 from grader.expected import Expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
-from grader.report import CheckResult, Report, answer_picture_name
+from grader.report import CheckResult, Report, answer_picture_files
 from grader.rubric import Rubric, load_rubric
 from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
 
@@ -153,7 +153,7 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
     )
     report.attachments = _pictures(ctx.notes.get("training"))
     for tag, pictures in submission.answer_pictures.items():
-        report.attachments.update({answer_picture_name(tag, n): png for n, png in enumerate(pictures, start=1)})
+        report.attachments.update(answer_picture_files(tag, pictures))
     return report
 
 

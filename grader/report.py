@@ -128,6 +128,11 @@ def answer_picture_name(tag: str, number: int) -> str:
     return f"{ANSWER_PICTURE_PREFIX}{tag}-{number}.png"
 
 
+def answer_picture_files(tag: str, pictures: list[bytes]) -> dict[str, bytes]:
+    """The pictures of the answer tagged `tag`, by the file names they get beside the report."""
+    return {answer_picture_name(tag, number): png for number, png in enumerate(pictures, start=1)}
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

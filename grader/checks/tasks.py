@@ -11,7 +11,7 @@ import re
 
 from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.intake.code import parse
-from grader.report import answer_picture_name
+from grader.report import answer_picture_files
 from grader.spec import DEFAULT, ViTConfig, shape_table
 
 # The student notebook's placeholder text in each language; an answer that is only this is no answer.
@@ -99,11 +99,11 @@ def _manual(ctx: GradingContext, tag: str, what: str) -> Outcome:
     answer = _answer(ctx, tag).strip()
     if not PLACEHOLDERS.sub("", answer).strip():
         return Outcome.failed(f"not answered yet: the {what} cell still holds the placeholder")
-    pictures = len(ctx.submission.answer_pictures.get(tag, []))
-    shown = f", {pictures} picture{'s' if pictures != 1 else ''}" if pictures else ""
+    pictures = list(answer_picture_files(tag, ctx.submission.answer_pictures.get(tag, [])))
+    shown = f", {len(pictures)} picture{'s' if len(pictures) != 1 else ''}" if pictures else ""
     return Outcome("manual", f"{what}: awaiting a TA ({len(answer)} characters{shown}; see the TA sheet)",
                    {"answer": answer[:MAX_ANSWER_CHARS], "truncated": len(answer) > MAX_ANSWER_CHARS,
-                    "pictures": [answer_picture_name(tag, n) for n in range(1, pictures + 1)]})
+                    "pictures": pictures})
 
 
 def check_task1_diagram(ctx: GradingContext) -> Outcome:

@@ -153,9 +153,6 @@ def extract_pictures(text: str, attachments: dict | None = None, notebook_dir: P
     found = AnswerPictures(text="")
     used: set[str] = set()
 
-    def add(load, label: str) -> str:
-        return _add(found, load, label)
-
     def replace(match: re.Match) -> str:
         src = match.group("src") or match.group("html_src")
         if re.match(r"(?i)https?://", src):
@@ -163,15 +160,16 @@ def extract_pictures(text: str, attachments: dict | None = None, notebook_dir: P
         if src.lower().startswith("attachment:"):
             name = src.split(":", 1)[1]
             used.add(name)
-            return add(lambda: _attachment(name, attachments), f"attachment {name!r}")
+            return _add(found, lambda: _attachment(name, attachments), f"attachment {name!r}")
         if src.lower().startswith("data:"):
-            return add(lambda: _data_uri(src), "an inline picture")
-        return add(lambda: _file(src, notebook_dir, root), f"picture file {src!r}")
+            return _add(found, lambda: _data_uri(src), "an inline picture")
+        return _add(found, lambda: _file(src, notebook_dir, root), f"picture file {src!r}")
 
     # A picture written inside code (`![](x.png)` in a sentence that explains how to paste) is text.
     code = [m.span() for m in CODE.finditer(text)]
     found.text = REFERENCE.sub(lambda m: m.group(0) if any(a <= m.start() < b for a, b in code) else replace(m), text)
     for name in attachments:
         if name not in used:
-            found.text += f"\n{add(lambda name=name: _attachment(name, attachments), f'attachment {name!r}')}"
+            shown = _add(found, lambda name=name: _attachment(name, attachments), f"attachment {name!r}")
+            found.text += f"\n{shown}"
     return found
