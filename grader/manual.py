@@ -7,11 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from grader.intake.naming import safe_id
-from grader.report import load_report, write_atomic
+from grader.report import Report, load_report, write_atomic
 
 
 def merge_manual(out: Path, csv_path: Path) -> list[str]:
-    """Apply each row to that student's report; return notes about rows that could not be applied."""
+    """Apply each row to that student's report (each report read and rendered once, however many of its
+    rows the sheet has); return notes about rows that could not be applied."""
     from grader.batch import student_dir
     from grader.render.html import render_html
     from grader.render.markdown import render_markdown
@@ -25,15 +26,21 @@ def merge_manual(out: Path, csv_path: Path) -> list[str]:
         raise ValueError(f"manual scores {csv_path}: missing column(s) {', '.join(sorted(missing))}")
     notes = []
     ungraded = 0
+    reports: dict[Path, Report | None] = {}  # by folder: each report is read and written once
+    changed: set[Path] = set()
     for line, row in enumerate(table.itertuples(index=False), start=2):
         where = f"{csv_path.name} line {line}"
         if pd.isna(row.points):  # a TA sheet row nobody has graded yet
             ungraded += 1
             continue
         folder = student_dir(out, safe_id(str(row.student_id)))
-        try:
-            report = load_report(folder / "report.json", pictures=True)
-        except (OSError, ValueError):
+        if folder not in reports:
+            try:
+                reports[folder] = load_report(folder / "report.json", pictures=True)
+            except (OSError, ValueError):
+                reports[folder] = None
+        report = reports[folder]
+        if report is None:
             notes.append(f"{where}: no report for student {row.student_id}")
             continue
         check = report.check(str(row.check_id))
@@ -52,6 +59,9 @@ def merge_manual(out: Path, csv_path: Path) -> list[str]:
         comment = getattr(row, "comment", "")
         if isinstance(comment, str) and comment.strip():
             check.message = f"{check.message} — TA: {comment.strip()}".strip(" —")
+        changed.add(folder)
+    for folder in changed:  # renderings first, report.json last, as when grading
+        report = reports[folder]
         write_atomic(folder / "report.md", render_markdown(report))
         write_atomic(folder / "report.html", render_html(report))
         write_atomic(folder / "report.json", report.to_json())
