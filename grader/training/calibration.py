@@ -59,7 +59,8 @@ def train_reference(dataset: Dataset, spec: AccuracySpec, device: str, seed: int
     return float(np.mean(outcome.arrays["predictions"] == data.y_test))
 
 
-def reference_accuracy(dataset: Dataset, spec: AccuracySpec, device: str) -> tuple[float, bool]:
+def reference_accuracy(dataset: Dataset, spec: AccuracySpec, device: str,
+                       progress: bool = False) -> tuple[float, bool]:
     """(accuracy, from_cache): measured once per dataset, recipe and device type, then cached."""
     path = cache_file()
     key = spec.key(dataset, device)
@@ -69,7 +70,7 @@ def reference_accuracy(dataset: Dataset, spec: AccuracySpec, device: str) -> tup
         cached = {}
     if key in cached:
         return float(cached[key]["accuracy"]), True
-    accuracy = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)))
+    accuracy = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)), progress=progress)
     cached[key] = {"accuracy": accuracy, "mode": spec.mode, "dataset": dataset.name, "device": device}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -82,7 +83,7 @@ def calibrate(dataset: Dataset, spec: AccuracySpec, device: str, seeds: int, pro
     """Train the reference with `seeds` seeds (from the recipe's own); the margin a correct model passes with
     every time. The recipe's seed is the one grading compares against: its accuracy is cached for grading."""
     first = int(spec.recipe.get("seed", 0))
-    baseline, _ = reference_accuracy(dataset, spec, device)
+    baseline, _ = reference_accuracy(dataset, spec, device, progress)
     accuracies = [baseline] + [train_reference(dataset, spec, device, first + i, progress) for i in range(1, seeds)]
     spread = max(accuracies) - min(accuracies)
     # The pass mark is baseline - margin: a correct model must clear it on every seed, with room
