@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import importlib.util
 import os
-import resource
+import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -80,28 +84,166 @@ def worker_files() -> dict[str, Path]:
 def library_dirs() -> list[str]:
     """sys.path entries the worker needs for numpy and torch (also when installed with --user)."""
     dirs = []
-    for name in ("numpy", "torch"):
+    for name in WORKER_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec and spec.origin:
             dirs.append(str(Path(spec.origin).resolve().parent.parent))
     return list(dict.fromkeys(dirs))
 
 
-def hidden_packages() -> list[str]:
-    """Every copy of the grader, the reference solution and the assignment files on the import path.
+# -- what bubblewrap lets the worker see: an allow-list ---------------------------------------------
+WORKER_PACKAGES = ("numpy", "torch")  # what student code and the worker import (with their dependencies)
+PROTECTED = ("grader", "reference", "assignments")  # never bound, whatever depends on what
+SYSTEM_TOPS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
+# Never covered by an empty directory: the C library and the tools the interpreter needs live there.
+ESSENTIAL = ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec", "/usr/share")
 
-    An installed copy and a source checkout can both exist; each is hidden from student code.
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this interpreter and the worker's packages really are (resolved paths), for bubblewrap.
+
+    Only these are bound, at their real paths: the system directories (minus every site-packages
+    and the grader's own folders inside them), the interpreter binary, its standard library and
+    shared libraries, and one bind per top-level entry (package, `.libs`, `.dist-info`) of numpy,
+    torch and what they require. Nothing else of the grader's environment exists in the sandbox, so
+    no path alias (a venv reached through a symlinked `/home`) can reach the grader or the reference.
     """
-    hidden = set()
-    for name in ("grader", "reference", "assignments"):
+
+    executable: str
+    python_trees: tuple[str, ...]
+    python_files: tuple[str, ...]
+    site_entries: tuple[str, ...]
+    site_dirs: tuple[str, ...]
+    hidden: tuple[str, ...]
+
+
+def _real(path: str | os.PathLike) -> str:
+    return os.path.realpath(path)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _requirements(dist: importlib.metadata.Distribution, extras: set[str]) -> list[tuple[str, set[str]]]:
+    """Names (with extras) this distribution requires at run time, markers other than extras ignored:
+    an installed dependency bound needlessly costs nothing; one missing would break the import."""
+    found = []
+    for line in dist.requires or []:
+        requirement, _, marker = line.partition(";")
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)""", marker)
+        if extra and extra.group(1) not in extras:
+            continue
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", requirement)
+        if match:
+            wanted = {e.strip() for e in (match.group(2) or "").split(",") if e.strip()}
+            found.append((match.group(1), wanted))
+    return found
+
+
+def _distributions(roots: tuple[str, ...]) -> list[importlib.metadata.Distribution]:
+    """The installed distributions of `roots` and everything they require, transitively."""
+    seen: dict[tuple[str, frozenset[str]], None] = {}
+    found: dict[str, importlib.metadata.Distribution] = {}
+    queue: list[tuple[str, set[str]]] = [(name, set()) for name in roots]
+    while queue:
+        name, extras = queue.pop()
+        key = (re.sub(r"[-_.]+", "-", name).lower(), frozenset(extras))
+        if key in seen:
+            continue
+        seen[key] = None
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found[key[0]] = dist
+        queue += _requirements(dist, extras)
+    return list(found.values())
+
+
+def _site_entries() -> set[str]:
+    """Real paths of the top-level site-packages entries numpy, torch and their requirements own."""
+    entries: set[str] = set()
+    for dist in _distributions(WORKER_PACKAGES):
+        site_dir = Path(_real(dist.locate_file("")))
+        tops = {f.parts[0] for f in dist.files or [] if f.parts and f.parts[0] not in ("..", "__pycache__")}
+        if not dist.files:  # no RECORD: the import names it declares
+            tops = set((dist.read_text("top_level.txt") or "").split())
+        for top in tops:
+            for candidate in (site_dir / top, site_dir / f"{top}.libs"):
+                if candidate.exists() and candidate.name.split(".")[0] not in PROTECTED:
+                    entries.add(str(candidate))
+    for name in WORKER_PACKAGES:  # installed without metadata (a source build): the package itself
         spec = importlib.util.find_spec(name)
         if spec and spec.submodule_search_locations:
-            hidden |= {str(Path(p).resolve()) for p in spec.submodule_search_locations}
-        for entry in [*sys.path, *library_dirs()]:
+            for location in spec.submodule_search_locations:
+                entries.add(_real(location))
+                libs = Path(_real(location) + ".libs")
+                if libs.is_dir():
+                    entries.add(str(libs))
+    return entries
+
+
+def _grader_locations() -> set[str]:
+    """Everywhere the grader, the reference and the assignment files are, under any import path entry,
+    plus the source checkout they come from and the working directory."""
+    places = {_real(os.getcwd())}
+    for name in PROTECTED:
+        spec = importlib.util.find_spec(name)
+        if spec and spec.submodule_search_locations:
+            places |= {_real(p) for p in spec.submodule_search_locations}
+        for entry in sys.path:
             candidate = Path(entry or ".") / name
-            if (candidate / "__init__.py").is_file():
-                hidden.add(str(candidate.resolve()))
-    return sorted(hidden)
+            if candidate.is_dir():
+                places.add(_real(candidate))
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        places.add(str(checkout))
+    return places
+
+
+def _site_dirs() -> set[str]:
+    """Every directory packages may be installed into, for this interpreter and its base."""
+    dirs = {p for p in sys.path if p and os.path.isdir(p)}
+    with contextlib.suppress(AttributeError):  # `site` of some embedded builds lacks these
+        dirs |= set(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    for base in (sys.prefix, sys.base_prefix):
+        paths = sysconfig.get_paths(vars={"base": base, "platbase": base})
+        dirs |= {paths["purelib"], paths["platlib"]}
+    return {_real(d) for d in dirs if os.path.isdir(d)}
+
+
+@cache
+def interpreter_layout() -> Layout:
+    """This interpreter's layout, resolved (computed once per process)."""
+    executable = _real(getattr(sys, "_base_executable", "") or sys.executable)
+    if not os.access(executable, os.X_OK):
+        executable = _real(sys.executable)
+    stdlib = {_real(os.path.dirname(os.__file__))}
+    dynload = sysconfig.get_config_var("DESTSHARED")
+    if dynload and os.path.isdir(dynload):
+        stdlib.add(_real(dynload))
+    systems = [_real(top) for top in SYSTEM_TOPS if os.path.isdir(top)]
+    trees = sorted(p for p in stdlib if not any(_inside(p, top) for top in systems))
+    files: set[str] = set()
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and os.path.isdir(libdir) and not any(_inside(_real(libdir), top) for top in systems):
+        # libpython and, in a conda-style prefix, the libraries the standard library's modules link to.
+        files = {str(p) for p in Path(libdir).iterdir() if ".so" in p.name and p.is_file()}
+    entries = _site_entries()
+    site_dirs = [d for d in dict.fromkeys(_real(p) for p in sys.path if p) if any(
+        os.path.dirname(e) == d for e in entries)]
+    site_dirs += sorted({os.path.dirname(e) for e in entries} - set(site_dirs))
+    needed = [executable, *stdlib, *(ESSENTIAL if os.path.isdir("/usr") else ())]
+    visible = systems + trees
+    hidden = {p for p in _site_dirs() | _grader_locations()
+              if any(_inside(p, tree) and p != tree for tree in visible)  # inside what is bound
+              and not any(_inside(n, p) for n in needed)}  # and not holding what must stay
+    hidden = {p for p in hidden if not any(_inside(p, q) and p != q for q in hidden)}  # outermost only
+    return Layout(executable, tuple(trees), tuple(sorted(files)), tuple(sorted(entries)), tuple(site_dirs),
+                  tuple(sorted(hidden)))
 
 
 def environment(limits: Limits) -> dict[str, str]:
@@ -131,32 +273,33 @@ def environment(limits: Limits) -> dict[str, str]:
 
 
 def _bwrap_prefix(limits: Limits) -> list[str]:
+    """Mounts in an order where nothing later hides what the worker needs: scratch first, then the
+    system, the interpreter, empty directories over what must stay hidden, then the allowed packages."""
+    layout = interpreter_layout()
     args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
-    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+    for top in SYSTEM_TOPS:
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
     for name in ETC_FILES:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    python_dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent.parent)}
-    for path in sorted(python_dirs | set(library_dirs())):
-        if not path.startswith(("/usr/", "/bin", "/lib")):
-            args += ["--ro-bind", path, path]
-    # Python's own executable may be a symlink (venv); bind its target too.
-    args += ["--ro-bind", sys.executable, sys.executable]
-    args += ["--proc", "/proc", "--dev", "/dev", "--ro-bind-try", "/sys", "/sys"]
+    args += ["--ro-bind-try", "/sys", "/sys"]
+    for path in [*layout.python_trees, *layout.python_files, layout.executable]:
+        args += ["--ro-bind", path, path]
+    for path in layout.hidden:  # site-packages and the grader's folders inside what is bound above
+        args += ["--size", str(1024**2), "--tmpfs", path]
+    for path in layout.site_entries:
+        args += ["--ro-bind", path, path]
     if limits.cuda:
         for dev in sorted(Path("/dev").glob("nvidia*")):
             args += ["--dev-bind", str(dev), str(dev)]
-    # Scratch: a size-limited tmpfs (nothing persists); the grader's packages are hidden under empty ones.
-    args += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
-    hidden_init = Path(__file__).resolve().parent / "hidden_package.py"
-    for path in hidden_packages():
-        args += ["--tmpfs", path, "--ro-bind", str(hidden_init), f"{path}/__init__.py"]
     args += ["--dir", SANDBOX_DIR]
     for name, path in worker_files().items():
         args += ["--ro-bind", str(path), f"{SANDBOX_DIR}/{name}"]
+    for path in layout.hidden:
+        args += ["--remount-ro", path]
     args += ["--remount-ro", "/", "--chdir", "/tmp"]
     for key, value in environment(limits).items():
         args += ["--setenv", key, value]
@@ -170,13 +313,15 @@ def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int,
     Without bubblewrap the worker runs in a scratch directory the client creates and removes; the
     worker's files are copied there, so it sees the same files as under bubblewrap.
     """
-    sites = library_dirs()
     if level == "bwrap":
         worker = f"{SANDBOX_DIR}/worker.py"
+        layout = interpreter_layout()
         # bwrap's own init process is PID 1 inside the sandbox, and /proc/1/environ is readable there:
         # it must start with the scrubbed environment too, not only the worker.
-        command = _bwrap_prefix(limits) + [sys.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd), *sites]
+        command = _bwrap_prefix(limits) + [layout.executable, "-I", "-B", "-u", worker, str(in_fd), str(out_fd),
+                                           *layout.site_dirs]
         return command, environment(limits)
+    sites = library_dirs()
     if scratch is None:
         raise ValueError(f"isolation level {level!r} needs a scratch directory")
     folder = Path(scratch) / "vitgrade-worker"
@@ -191,19 +336,42 @@ def build_command(level: Isolation, limits: Limits, in_fd: int, out_fd: int,
     return command, environment(limits)
 
 
+def platform_protections() -> dict[str, bool]:
+    """Which of the worker's limits this platform can enforce (a student's Windows or macOS laptop has
+    fewer than the grading machine); the report lists them."""
+    try:
+        import resource
+    except ImportError:
+        resource = None  # type: ignore[assignment]
+    linux = sys.platform.startswith("linux")
+    return {
+        "rlimits": resource is not None,  # CPU time, file size, address space
+        "process_limit": resource is not None and hasattr(resource, "RLIMIT_NPROC") and os.path.isdir("/proc"),
+        "die_with_grader": linux,
+        "memory_watch": os.path.isdir("/proc"),  # RSS of the whole process tree
+    }
+
+
 def apply_limits(limits: Limits) -> None:
-    """Runs in the child between fork and exec: rlimits, and die when the grader dies."""
+    """Runs in the child between fork and exec: rlimits, and die when the grader dies (what the
+    platform has of them; see platform_protections)."""
+    try:
+        import resource
+    except ImportError:
+        return _die_with_parent()
     soft_as = limits.memory_bytes + 8 * 1024**3  # torch maps ~3 GB of address space it never touches
     for name, value in (
         ("RLIMIT_CPU", limits.cpu_seconds),
         ("RLIMIT_FSIZE", limits.file_bytes),
         ("RLIMIT_CORE", 0),
-        # RLIMIT_AS breaks the CUDA driver; there the client's RSS watch is the memory limit.
+        # RLIMIT_AS breaks the CUDA driver; there the client's RSS watch is the memory limit. macOS
+        # does not enforce it (setting it fails), so it is best effort there.
         ("RLIMIT_AS", None if limits.cuda else soft_as),
     ):
-        if value is not None:
-            resource.setrlimit(getattr(resource, name), (value, value))
-    if os.getuid() != 0:
+        if value is not None and hasattr(resource, name):
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(getattr(resource, name), (value, value))
+    if hasattr(resource, "RLIMIT_NPROC") and os.path.isdir("/proc") and os.getuid() != 0:
         # RLIMIT_NPROC counts every task of the user, so allow for those already running.
         # Root is exempt from it; there the PID namespace and the client's watchdog remain.
         running = len(os.listdir("/proc"))
@@ -216,5 +384,6 @@ def _die_with_parent() -> None:
         import ctypes
         import signal
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
