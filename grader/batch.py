@@ -14,16 +14,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grader.gradebook import write_summary
-from grader.grading import fingerprint, grade_submission
+from grader.grading import fingerprint, grade_submission, worker_limits
 from grader.intake.naming import safe_id, student_id_from_name
 from grader.render.gradescope import render_gradescope
 from grader.render.html import render_html
 from grader.render.markdown import render_markdown
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric, load_rubric
+from grader.sandbox.preflight import GraderBroken, require_preflight
 
 SUBMISSION_SUFFIXES = {".ipynb", ".py", ".zip"}
 LOCK_NAME = ".vitgrade.lock"
+MAX_GRADER_FAULTS = 3  # consecutive reports the grader failed on: stop instead of going through the class
 
 
 @dataclass
@@ -41,6 +43,7 @@ class BatchOptions:
     id_pattern: str | None = None
     data_dir: Path | None = None
     progress: bool = True
+    preflight: bool = True  # a known-good submission through the students' sandbox first
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,8 @@ def _grade_one(entry: Entry, options: BatchOptions, rubric: Rubric, threads: int
                                 timeout=options.timeout, accuracy=options.accuracy, data_dir=options.data_dir,
                                 threads=threads, gpu=gpu)
     except Exception as exc:  # a grader bug is that student's error report; the batch goes on
-        return Report.failure(entry.student_id, str(entry.path), f"internal grader error: {type(exc).__name__}: {exc}")
+        return Report.failure(entry.student_id, str(entry.path), f"internal grader error: {type(exc).__name__}: {exc}",
+                              fault="grader")
     finally:
         if gpus is not None:
             gpus.put(gpu)
@@ -212,6 +216,11 @@ def local_executor(entries: list[Entry], grade: Callable[[Entry], Report], done:
         pool.shutdown(wait=not sys.exc_info()[0], cancel_futures=True)
 
 
+def _fault_text(report: Report) -> str:
+    faulty = [c.message for c in report.checks if c.fault == "grader"]
+    return (faulty[0] if faulty else report.error)[:600]
+
+
 def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = local_executor) -> BatchSummary:
     """Grade every submission under `paths` into options.out; see DESIGN.md for the layout."""
     rubric = options.rubric or load_rubric()
@@ -228,6 +237,10 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
                 todo.append(entry)
         workers = max(1, min(options.workers or default_workers(options.accuracy), max(1, len(todo))))
         threads = max(1, (os.cpu_count() or 2) // workers)
+        if todo and options.preflight:  # raises GraderBroken before any student report is written
+            check = require_preflight(worker_limits(rubric, options.accuracy, threads), options.isolation)
+            summary.notes.append(check.describe())
+        faults_in_a_row = [0]
         bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not options.progress, file=sys.stderr)
 
         def done(report: Report) -> None:
@@ -235,6 +248,11 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
             summary.graded.append(report.student)
             bar.set_postfix_str(f"{report.student}: {report.score:g}/{report.max_score:g}", refresh=False)
             bar.update()
+            faults_in_a_row[0] = faults_in_a_row[0] + 1 if report.needs_regrade else 0
+            if faults_in_a_row[0] >= MAX_GRADER_FAULTS:
+                raise GraderBroken(f"stopped: the grader itself failed on {MAX_GRADER_FAULTS} submissions in a row "
+                                   f"(the last, {report.student}: {_fault_text(report)}); their reports say "
+                                   "'needs regrade'. Run `vitgrade doctor`, fix the cause, and grade again")
 
         try:
             # Locally, each worker thread takes a GPU from a pool; a cluster executor assigns its own.

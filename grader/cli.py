@@ -40,6 +40,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         write_atomic(args.json, report.to_json())
     if args.junit:
         write_atomic(args.junit, render_junit([report]))
+    if report.needs_regrade:  # the worker failed before the code was loaded, or the grader raised
+        print("vitgrade: error: the grader failed, not the submission (no verdict); run `vitgrade doctor`",
+              file=sys.stderr)
+        return USAGE_ERROR
     if report.status != "graded":
         return USAGE_ERROR
     return report.return_code
@@ -47,6 +51,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     from grader.batch import BatchOptions, grade_batch
+    from grader.sandbox.preflight import GraderBroken
 
     options = BatchOptions(
         out=args.out, rubric=_rubric(args), roster=args.roster, workers=args.workers, accuracy=args.accuracy,
@@ -62,6 +67,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
         else:
             summary = grade_batch(args.submissions, options)
     except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except GraderBroken as exc:
         raise UsageError(str(exc)) from None
     print(summary.describe())
     return 0

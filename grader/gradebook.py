@@ -38,7 +38,8 @@ def load_reports(out: Path) -> tuple[list[Report], list[str]]:
 def gradebook_frame(reports: list[Report], check_ids: list[str]) -> pd.DataFrame:
     rows = []
     for report in reports:
-        row = {"student": report.student, "status": report.status, "score": report.score,
+        status = "needs regrade" if report.needs_regrade else report.status  # a grader fault, no verdict
+        row = {"student": report.student, "status": status, "score": report.score,
                "max_score": report.max_score, "submission": report.submission}
         for check in report.checks:
             row[check.id] = check.points if check.status != "skipped" else None

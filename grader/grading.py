@@ -21,17 +21,32 @@ from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
 FLOAT64_TROUBLE = ("Double", "Float", "dtype", "scalar type")
 
 
+def worker_limits(rubric: Rubric, accuracy: str, threads: int = 0, gpu: str | None = None) -> Limits:
+    """The limits every student's worker gets (the preflight runs under the same)."""
+    return _limits(rubric, accuracy, threads, gpu)
+
+
 def _limits(rubric: Rubric, accuracy: str, threads: int, gpu: str | None) -> Limits:
     cuda = resolve_mode(accuracy) == "full" and rubric.enabled("train.accuracy")
     return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3), cuda=cuda, threads=threads, gpu=gpu)
 
 
+GRADER_FAULT = "grader fault, no points lost (grade again once the grader works; see `vitgrade doctor`)"
+
+
+def grader_fault(message: str, **details) -> Outcome:
+    """An `error` the grader caused: no verdict on the submission, and no points lost."""
+    return Outcome("error", f"{GRADER_FAULT}: {message}", {**details, "fault": "grader"})
+
+
 def _start(ctx: GradingContext) -> None:
-    """Start the worker and load the code, noting a load failure for load.definitions."""
+    """Start the worker and load the code, noting a load failure for load.definitions (or, when the
+    sandbox itself failed before the code was loaded, the grader's fault for every worker check)."""
     try:
         ctx.classes = ctx.sandbox.start().get("classes", [])
     except SandboxError as error:
-        ctx.notes["load_error"] = error.message
+        key = "grader_fault" if error.fault == "grader" else "load_error"
+        ctx.notes[key] = error.message
         ctx.notes["load_traceback"] = error.traceback
 
 
@@ -57,9 +72,13 @@ MAX_WORKER_DEATHS = 3  # after this many crashes, timeouts or memory kills, the 
 
 def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcome, float]:
     started = time.monotonic()
-    if time.monotonic() > deadline:
+    # The waiting the grader caused (see RequestClock) moves the submission's deadline too, up to twice its limit.
+    timeout = ctx.rubric.limits["submission_timeout"]
+    if time.monotonic() > deadline + min(ctx.sandbox.stats.excused_seconds, 2 * timeout):
         return Outcome("error", "not run: the submission used up its time limit "
                                 f"({ctx.rubric.limits['submission_timeout']:.0f} s)"), 0.0
+    if "grader_fault" in ctx.notes and check.needs_worker:
+        return grader_fault(f"the sandbox could not run any code: {ctx.notes['grader_fault']}"), 0.0
     deaths = ctx.notes.get("worker_deaths", 0)
     if deaths >= MAX_WORKER_DEATHS and check.needs_worker:
         return Outcome("error", f"not run: the submission's worker died {deaths} times (crash, timeout or memory; "
@@ -71,20 +90,25 @@ def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcom
     except CheckFailed as failure:
         outcome = Outcome.failed(str(failure))
     except SandboxError as error:
+        if error.fault == "grader":  # a restart of the worker failed before the code was loaded
+            ctx.notes["grader_fault"] = error.message
+            return grader_fault(error.message, kind=error.kind), time.monotonic() - started
         ctx.notes["worker_deaths"] = ctx.notes.get("worker_deaths", 0) + error.worker_died
         what = {"timeout": "timed out", "memory": "ran out of memory", "crash": "crashed the worker",
                 "protocol": "broke the worker protocol"}.get(error.kind, "raised an exception")
         outcome = Outcome("error", f"the submission {what}: {error.message}", {"kind": error.kind})
     except Exception as exc:  # a grader bug must not sink the report; it is recorded, not hidden
-        outcome = Outcome("error", f"internal grader error ({type(exc).__name__}: {exc}); please report it",
-                          {"traceback": traceback.format_exc()[-3000:]})
+        outcome = grader_fault(f"internal grader error ({type(exc).__name__}: {exc}); please report it",
+                               traceback=traceback.format_exc()[-3000:])
     return outcome, time.monotonic() - started
 
 
 def _result(check: Check, outcome: Outcome, rubric: Rubric) -> CheckResult:
     max_points = rubric.points[check.id]
     points = {"passed": max_points, "manual": None}.get(outcome.status, 0.0)
-    return CheckResult(check.id, check.title, outcome.status, points, max_points, outcome.message, outcome.details)
+    details = dict(outcome.details)
+    fault = details.pop("fault", "submission") if outcome.status == "error" else None
+    return CheckResult(check.id, check.title, outcome.status, points, max_points, outcome.message, details, fault)
 
 
 def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_id: str | None = None,
@@ -134,6 +158,10 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
     for check in sorted(enabled, key=lambda c: c.id in EVALUATE_LAST):
         outcomes[check.id], seconds = _outcome(check, ctx, deadline)
         timings[f"check:{check.id}"] = seconds
+    excused = round(sandbox.stats.excused_seconds, 1)
+    if excused >= 5:
+        warnings.append(f"the grading machine was busy: {excused:.0f} s of waiting (the grader stalled, or the "
+                        "submission's worker waited for a CPU) were not counted against the time limits")
     if sandbox.isolation != "bwrap":
         warnings.append(f"sandbox isolation level '{sandbox.isolation}': student code was not fully isolated "
                         "(install bubblewrap for full isolation)")
@@ -145,7 +173,8 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
         warnings=warnings,
         sandbox={"isolation": sandbox.isolation, "network": sandbox.isolation == "none",
                  "worker_starts": sandbox.stats.starts, "precision": sandbox.dtype,
-                 "memory_limit_gib": rubric.limits["memory_gib"]},
+                 "memory_limit_gib": rubric.limits["memory_gib"], "grader_starved_seconds": excused,
+                 "protections": sandbox.protections},
         environment=environment(),
         answers=submission.answers,
         output=sandbox.output,

@@ -14,6 +14,10 @@ from grader import __version__
 SCHEMA_VERSION = 1
 CheckStatus = Literal["passed", "failed", "error", "skipped", "manual"]
 ReportStatus = Literal["graded", "error", "missing"]
+# Whose failure an `error` is: the submission's (its crash, hang or memory use) or the grader's (the
+# sandbox could not be set up, a worker file is missing, the grader raised). Grader faults cost no
+# points: such a check counts in neither score nor max_score, and the gradebook says "needs regrade".
+Fault = Literal["grader", "submission"]
 
 
 @dataclass
@@ -27,11 +31,12 @@ class CheckResult:
     max_points: float
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    fault: Fault | None = None  # set on `error` checks
 
     @property
     def counts(self) -> bool:
-        """Skipped checks count in neither score nor max_score."""
-        return self.status != "skipped"
+        """Skipped checks and the grader's own faults count in neither score nor max_score."""
+        return self.status != "skipped" and self.fault != "grader"
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Report:
     output: str = ""
     error: str = ""
     fingerprint: dict[str, str] = field(default_factory=dict)
+    fault: Fault | None = None  # set on `error` reports
     grader_version: str = __version__
     schema_version: int = SCHEMA_VERSION
     # Pictures (file name -> PNG bytes) written beside the report; not part of report.json. The
@@ -71,6 +77,11 @@ class Report:
     def automatic_checks_passed(self) -> bool:
         automatic = [c for c in self.checks if c.status not in ("skipped", "manual")]
         return self.status == "graded" and all(c.status == "passed" for c in automatic)
+
+    @property
+    def needs_regrade(self) -> bool:
+        """The grader failed (not the submission): this report is no verdict; grade it again."""
+        return self.fault == "grader" or any(c.fault == "grader" for c in self.checks)
 
     @property
     def return_code(self) -> int:

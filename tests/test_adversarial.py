@@ -242,7 +242,7 @@ def first_error(report: dict) -> dict:
 def test_resource_exhaustion_is_contained(graded):
     reports = graded["reports"]
     memory = first_error(reports["exhaust_memory"])
-    assert memory["id"] == "shapes.fnn" and "memory limit of 2.0 GiB exceeded" in memory["message"]
+    assert memory["id"] == "shapes.fnn" and "memory limit of 2,048 MiB exceeded" in memory["message"]
     stuck = first_error(reports["exhaust_time"])
     assert stuck["id"] == "shapes.fnn" and "timed out" in stuck["message"]
     assert "WROTE" not in reports["exhaust_disk"]["output"] and "refused" in reports["exhaust_disk"]["output"]

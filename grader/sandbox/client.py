@@ -15,20 +15,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grader.sandbox import wire
-from grader.sandbox.isolation import Isolation, Limits, apply_limits, build_command, choose_level
+from grader.sandbox.isolation import Isolation, Limits, apply_limits, build_command, choose_level, protections
 
 START_TIMEOUT = 120.0  # importing torch on a cold, busy machine can take tens of seconds
-MAX_REPLY_BYTES = 1 << 30
+# The most a reply's arrays may hold: a fixed allowance plus a multiple of what the request sent (a
+# forward pass returns the output and captured activations of its input); a request that expects
+# more (training) says so. Larger replies are refused before they are read.
+REPLY_ALLOWANCE = 64 * 1024**2
+REPLY_PER_INPUT_BYTE = 64
+NO_ARRAYS_REPLY = 1024**2  # setup, load, build, set_params, randomize return no arrays
+# Waiting the grader causes (its own process stalled, or the worker runnable but not given a CPU) is
+# not charged to the submission, up to this multiple of the request's own time limit.
+MAX_EXCUSED_FACTOR = 2.0
+STDERR_TAIL = 2000
 
 
 class SandboxError(Exception):
     """A request failed. `kind` says how: the student's exception, or the worker's death."""
 
-    def __init__(self, kind: str, message: str, traceback: str = ""):
+    def __init__(self, kind: str, message: str, traceback: str = "", fault: str = "submission"):
         super().__init__(message)
-        self.kind = kind  # "exception" (worker alive) | "timeout" | "memory" | "crash" | "protocol"
+        self.kind = kind  # "exception" (worker alive) | "timeout" | "memory" | "crash" | "protocol" | "setup"
         self.message = message
         self.traceback = traceback
+        # "grader": the sandbox failed before the submission's code was loaded (its setup, the worker's
+        # files, torch's import): nothing the student did, and no verdict on their code.
+        self.fault = fault
 
     @property
     def worker_died(self) -> bool:
@@ -62,6 +74,90 @@ class _CappedReader(threading.Thread):
         return text + (f"\n[... {self.dropped} more bytes not kept]" if self.dropped else "")
 
 
+class StallMonitor(threading.Thread):
+    """Measures how long this (the grader's) process was not running Python: a heartbeat that wakes
+    every `tick` seconds, and counts any lateness beyond `slack` as a stall (another thread holding the
+    GIL, or the whole process starved of CPU). Deadlines are extended by the stalls they overlap."""
+
+    def __init__(self, tick: float = 0.05, slack: float = 0.25):
+        super().__init__(daemon=True, name="vitgrade-stall-monitor")
+        self.tick, self.slack = tick, slack
+        self.stalled = 0.0
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            time.sleep(self.tick)
+            now = time.monotonic()
+            late = now - last - self.tick
+            if late > self.slack:
+                with self._lock:
+                    self.stalled += late
+            last = now
+
+    def total(self) -> float:
+        with self._lock:
+            return self.stalled
+
+
+_MONITOR: StallMonitor | None = None
+_MONITOR_LOCK = threading.Lock()
+
+
+def stall_monitor() -> StallMonitor:
+    global _MONITOR
+    with _MONITOR_LOCK:
+        if _MONITOR is None:
+            _MONITOR = StallMonitor()
+            _MONITOR.start()
+        return _MONITOR
+
+
+def run_queue_wait(pids: list[int]) -> float:
+    """Seconds the busiest of these processes' main threads spent runnable but waiting for a CPU
+    (/proc/PID/schedstat; 0 where the platform has none): the machine's load, not the code's work."""
+    waits = [0.0]
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as fh:
+                waits.append(int(fh.read().split()[1]) / 1e9)
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(waits)
+
+
+class RequestClock:
+    """A request's deadline in the submission's time: wall time minus the waiting the grader caused
+    (its own stalls, the worker's wait for a CPU), the excuse capped at MAX_EXCUSED_FACTOR x timeout."""
+
+    def __init__(self, timeout: float, pid: int | None):
+        self.timeout, self.pid = timeout, pid
+        self.started = time.monotonic()
+        self.monitor = stall_monitor()
+        self._stall0 = self.monitor.total()
+        self._wait0 = self._worker_wait()
+
+    def _worker_wait(self) -> float:
+        return run_queue_wait(process_tree(self.pid)) if self.pid is not None else 0.0
+
+    def excused(self) -> float:
+        stalled = self.monitor.total() - self._stall0
+        waited = max(0.0, self._worker_wait() - self._wait0)
+        return min(self.timeout * MAX_EXCUSED_FACTOR, stalled + waited)
+
+    def deadline(self) -> float:
+        return self.started + self.timeout + self.excused()
+
+
+def reply_limit(op: str, arrays: dict[str, np.ndarray] | None) -> int:
+    """The largest reply (array bytes) a request may get, from what it sent; see REPLY_ALLOWANCE."""
+    if op in ("setup", "load", "build", "set_params", "randomize"):
+        return NO_ARRAYS_REPLY
+    sent = sum(int(a.nbytes) for a in (arrays or {}).values())
+    return REPLY_ALLOWANCE + REPLY_PER_INPUT_BYTE * sent
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants, from /proc (Linux); just `pid` elsewhere."""
     found, queue = [], [pid]
@@ -92,6 +188,7 @@ def tree_rss_bytes(pids: list[int]) -> int:
 class SandboxStats:
     starts: int = 0
     start_seconds: list[float] = field(default_factory=list)
+    excused_seconds: float = 0.0  # waiting the grader caused, not charged to the submission
 
 
 class Sandbox:
@@ -109,6 +206,7 @@ class Sandbox:
         self.isolation: Isolation = choose_level(isolation)
         self.dtype, self.device = dtype, device
         self.stats = SandboxStats()
+        self.protections = protections(self.isolation)
         self.forbidden_calls: dict[str, int] = {}
         self.load_reply: dict = {}
         self._proc: subprocess.Popen | None = None
@@ -141,13 +239,18 @@ class Sandbox:
         os.set_blocking(self._req_w, False)
         if self.isolation != "bwrap":
             self._scratch = tempfile.mkdtemp(prefix="vitgrade-work-")
-        command, env = build_command(self.isolation, self.limits, req_r, rep_w, self._scratch)
         self._killed_for = None
         try:
+            command, env = build_command(self.isolation, self.limits, req_r, rep_w, self._scratch)
             self._proc = subprocess.Popen(
                 command, env=env, cwd=self._scratch, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
                 pass_fds=(req_r, rep_w), start_new_session=True, preexec_fn=lambda: apply_limits(self.limits),
             )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # a worker file or bwrap is missing
+            for fd in (out_r, err_r, self._req_w, self._rep_r):
+                os.close(fd)
+            raise SandboxError("setup", f"starting the worker: the sandbox could not be started "
+                                        f"({type(exc).__name__}: {exc})", fault="grader") from None
         finally:
             for fd in (req_r, rep_w, out_w, err_w):
                 os.close(fd)
@@ -158,11 +261,21 @@ class Sandbox:
         self._watch_stop = threading.Event()
         threading.Thread(target=self._watch_memory, args=(self._proc, self._watch_stop), daemon=True).start()
         self.stats.starts += 1
-        self._receive(time.monotonic() + START_TIMEOUT, "starting the worker")
+        try:  # nothing of the submission has run yet: a failure here is the grader's
+            self._receive(RequestClock(START_TIMEOUT, self._proc.pid), "starting the worker")
+            self.request("setup", {"dtype": self.dtype, "device": self.device, "threads": self.limits.threads})
+        except SandboxError as error:
+            raise SandboxError(error.kind, error.message + self._stderr_tail(), error.traceback,
+                               fault="grader") from None
         self.stats.start_seconds.append(time.monotonic() - started)
-        self.request("setup", {"dtype": self.dtype, "device": self.device, "threads": self.limits.threads})
         self.load_reply = self.request("load", {"code": self.code}, timeout=60).header
         return self.load_reply
+
+    def _stderr_tail(self) -> str:
+        """What the worker (or bubblewrap) wrote to stderr before it died, for the error message."""
+        self.close()
+        text = "\n".join(part.split("\n", 1)[1] for part in self._output if part.startswith("[stderr]"))
+        return f"; its stderr ends: {text.strip()[-STDERR_TAIL:]}" if text.strip() else ""
 
     def close(self) -> None:
         """Kill the worker's whole process tree and remove its scratch directory."""
@@ -222,30 +335,39 @@ class Sandbox:
 
     # -- requests -------------------------------------------------------------------------
     def request(self, op: str, header: dict | None = None, arrays: dict[str, np.ndarray] | None = None,
-                timeout: float = 60.0) -> Reply:
-        """Send one request; restart the worker first if it is not running."""
+                timeout: float = 60.0, max_reply_bytes: int | None = None) -> Reply:
+        """Send one request; restart the worker first if it is not running.
+
+        `timeout` is in the submission's time (see RequestClock); a reply whose arrays exceed
+        `max_reply_bytes` (default: reply_limit) is refused before it is read.
+        """
         if not self.alive:
             self.start()
-        deadline = time.monotonic() + timeout
+        clock = RequestClock(timeout, self._proc.pid if self._proc else None)
         try:
-            wire.write_message(self._req_w, {**(header or {}), "op": op}, arrays, deadline=deadline)
+            wire.write_message(self._req_w, {**(header or {}), "op": op}, arrays, deadline=clock.deadline)
         except (BrokenPipeError, TimeoutError, OSError) as exc:
             self._fail("crash" if isinstance(exc, BrokenPipeError) else "timeout", f"{op}: could not send ({exc})")
-        reply = self._receive(deadline, op, timeout)
+        limit = max_reply_bytes if max_reply_bytes is not None else reply_limit(op, arrays)
+        reply = self._receive(clock, op, limit)
         if not reply.header.get("ok", False):
             raise SandboxError("exception", f"{reply.header.get('error')}: {reply.header.get('message')}",
                                str(reply.header.get("traceback", "")))
         return reply
 
-    def _receive(self, deadline: float, what: str, timeout: float | None = None) -> Reply:
+    def _receive(self, clock: RequestClock, what: str, max_bytes: int = NO_ARRAYS_REPLY) -> Reply:
         try:
-            header, arrays = wire.read_message(self._rep_r, deadline, MAX_REPLY_BYTES)
+            header, arrays = wire.read_message(self._rep_r, clock.deadline, max_bytes)
         except TimeoutError:
-            self._fail("timeout", f"{what}: no answer within {timeout or START_TIMEOUT:.0f} s (killed)")
+            excused = clock.excused()
+            self.stats.excused_seconds += excused
+            note = f"; {excused:.0f} s of waiting for the busy grading machine were not counted" if excused >= 1 else ""
+            self._fail("timeout", f"{what}: no answer within {clock.timeout:.0f} s (killed){note}")
         except EOFError:
             self._fail_dead(what)
         except wire.ProtocolError as exc:
             self._fail("protocol", f"{what}: the worker sent an invalid message ({exc}); killed")
+        self.stats.excused_seconds += clock.excused()
         forbidden = header.get("forbidden_calls", {})
         if isinstance(forbidden, dict):
             for label, count in forbidden.items():
@@ -264,7 +386,7 @@ class Sandbox:
                 proc.wait(timeout=5)
         code = proc.returncode if proc is not None else None
         if self._killed_for == "memory":
-            self._fail("memory", f"{what}: memory limit of {self.limits.memory_bytes / 1024**3:.1f} GiB exceeded (killed)")
+            self._fail("memory", f"{what}: memory limit of {self.limits.memory_bytes / 1024**2:,.0f} MiB exceeded (killed)")
         if code is not None and code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             reason = "CPU time limit" if -code == signal.SIGXCPU else "file size limit" if -code == signal.SIGXFSZ else name

@@ -352,6 +352,22 @@ def platform_protections() -> dict[str, bool]:
     }
 
 
+LEVEL_PROTECTS = {
+    "bwrap": "bubblewrap: private filesystem (only Python, numpy and torch visible), no network, own PIDs",
+    "unshare": "unshare: no network, own PIDs; the filesystem is readable",
+    "none": "plain subprocess: scrubbed environment and a scratch folder only; files and network reachable",
+}
+
+
+def protections(level: Isolation) -> list[str]:
+    """The protections in force for a worker at `level` on this platform, for the report."""
+    found = [LEVEL_PROTECTS[level]]
+    names = {"rlimits": "CPU time, file size and address-space limits", "process_limit": "process-count limit",
+             "die_with_grader": "worker dies with the grader", "memory_watch": "memory watch over the process tree"}
+    found += [text for key, text in names.items() if platform_protections()[key]]
+    return found
+
+
 def apply_limits(limits: Limits) -> None:
     """Runs in the child between fork and exec: rlimits, and die when the grader dies (what the
     platform has of them; see platform_protections)."""
