@@ -195,6 +195,15 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from grader.doctor import diagnose
+    from grader.grading import worker_limits
+
+    diagnosis = diagnose(worker_limits(_rubric(args), args.accuracy), args.isolation, args.data_dir)
+    print(diagnosis.describe())
+    return 0 if diagnosis.ok else 1
+
+
 def _rubric(args: argparse.Namespace):
     from grader.rubric import RubricError, load_rubric
 
@@ -280,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "may be the --rubric file itself)")
     _add_common(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
+
+    doctor = sub.add_parser("doctor", help="what the grader sees here and whether it can grade (exit 0: it can)")
+    _add_common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -123,3 +123,24 @@ def test_a_busy_parent_does_not_expire_a_students_deadline():
         finally:
             thread.join()
     assert np.array_equal(reply.arrays["y"], 2 * np.ones((2, 4)))
+
+
+def test_doctor_says_what_it_sees_and_whether_grading_works(capsys, starving_rubric):
+    assert main(["doctor", "--accuracy", "off"]) == 0
+    out = capsys.readouterr().out
+    for section in ("python:", "torch:", "isolation levels:", "preflight:", "data:", "cached reference accuracies"):
+        assert section in out
+    assert "preflight passed" in out and "verdict: grading will work here" in out
+    assert main(["doctor", "--accuracy", "off", "--rubric", str(starving_rubric)]) == 1
+    out = capsys.readouterr().out
+    assert "preflight FAILED" in out and "memory limit" in out and "will NOT work" in out
+
+
+def test_isolation_levels_say_why_not(monkeypatch):
+    isolation_module.probe_levels.cache_clear()
+    monkeypatch.setattr(isolation_module.shutil, "which", lambda name, *a, **k: None)
+    try:
+        levels = isolation_module.probe_levels()
+        assert "not installed" in levels["bwrap"] and levels["none"] == ""
+    finally:
+        isolation_module.probe_levels.cache_clear()

@@ -38,27 +38,34 @@ class Limits:
     gpu: str | None = None  # CUDA_VISIBLE_DEVICES for this worker (one GPU per worker in a batch)
 
 
-def _probe(command: list[str]) -> bool:
+def _probe(command: list[str]) -> str:
+    """'' when `command` succeeds, else why not (its stderr, or the error starting it)."""
     try:
-        return subprocess.run(command, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        done = subprocess.run(command, capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if done.returncode == 0:
+        return ""
+    return f"`{' '.join(command)}` exited {done.returncode}: {done.stderr.decode(errors='replace').strip()[-500:]}"
 
 
 @cache
-def available_levels() -> tuple[Isolation, ...]:
-    """The isolation levels that work on this machine, best first (probed once per process)."""
-    levels: list[Isolation] = []
+def probe_levels() -> dict[Isolation, str]:
+    """Every isolation level with '' if it works here, else why not (probed once per process)."""
+    found: dict[Isolation, str] = {"bwrap": "bubblewrap needs Linux", "unshare": "unshare needs Linux", "none": ""}
     if sys.platform.startswith("linux"):
         bwrap = shutil.which("bwrap")
-        if bwrap and _probe([bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
-                             "--dev", "/dev", "true"]):
-            levels.append("bwrap")
+        found["bwrap"] = _probe([bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+                                 "--dev", "/dev", "true"]) if bwrap else "bwrap is not installed (not on PATH)"
         unshare = shutil.which("unshare")
-        if unshare and _probe([unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "true"]):
-            levels.append("unshare")
-    levels.append("none")
-    return tuple(levels)
+        found["unshare"] = _probe([unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
+                                   "true"]) if unshare else "unshare (util-linux) is not installed"
+    return found
+
+
+def available_levels() -> tuple[Isolation, ...]:
+    """The isolation levels that work on this machine, best first."""
+    return tuple(level for level, why_not in probe_levels().items() if not why_not)
 
 
 def choose_level(requested: Isolation | None = None) -> Isolation:
