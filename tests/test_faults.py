@@ -144,3 +144,19 @@ def test_isolation_levels_say_why_not(monkeypatch):
         assert "not installed" in levels["bwrap"] and levels["none"] == ""
     finally:
         isolation_module.probe_levels.cache_clear()
+
+
+def test_course_ci_installs_what_the_course_hands_out_and_says_the_isolation_level():
+    yaml = pytest.importorskip("yaml")
+    import inspect
+
+    import grader.assign
+    from assignments import assignment_dir
+    from grader.assign import NOTEBOOK_STEM  # noqa: F401 - the bundle's folder name comes from assign()
+
+    workflow = yaml.safe_load((assignment_dir() / "ci" / "vitgrade-check.yml").read_text(encoding="utf-8"))
+    runs = "\n".join(str(step.get("run", "")) for step in workflow["jobs"]["check"]["steps"])
+    assert "pip install vit-autograder" not in runs and 'pip install "$VITGRADE_PACKAGE"' in runs
+    bundle = workflow["env"]["VITGRADE_PACKAGE"]
+    assert Path(bundle).name in inspect.getsource(grader.assign.assign)  # the folder `vitgrade assign` writes
+    assert "vitgrade doctor" in runs and "GITHUB_STEP_SUMMARY" in runs
