@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import queue
 import sys
@@ -96,6 +95,19 @@ def discover(paths: list[Path], id_pattern: str | None = None) -> tuple[list[Ent
     return result, notes
 
 
+def _lock(handle, unlock: bool = False) -> None:
+    """An exclusive, non-blocking lock on an open file: flock where it exists (POSIX), else msvcrt's."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt  # Windows
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK if unlock else msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(handle, fcntl.LOCK_UN if unlock else fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 class OutputLock:
     """One grader per output folder: a second one refuses clearly instead of interleaving writes."""
 
@@ -107,8 +119,8 @@ class OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a+")
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _lock(self.handle)
+        except (BlockingIOError, PermissionError):
             self.handle.seek(0)
             owner = self.handle.read().strip() or "another process"
             self.handle.close()
@@ -121,7 +133,7 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         if self.handle:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            _lock(self.handle, unlock=True)
             self.handle.close()
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -179,7 +180,7 @@ def tree_rss_bytes(pids: list[int]) -> int:
         try:
             with open(f"/proc/{pid}/statm") as fh:
                 total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError, AttributeError):  # no /proc (macOS): no RSS watch
             continue
     return total
 
@@ -231,6 +232,11 @@ class Sandbox:
     def start(self) -> dict:
         """Start the worker and load the code; return the load reply (raises SandboxError)."""
         self.close()
+        if sys.platform == "win32":
+            # The worker's private pipes are passed as inherited file descriptors and waited on with
+            # select(), neither of which Windows offers for pipes.
+            raise SandboxError("setup", "the sandbox needs Linux or macOS; on Windows run the self-check in WSL "
+                                        "or Colab", fault="grader")
         started = time.monotonic()
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
@@ -301,7 +307,7 @@ class Sandbox:
         self._watch_stop.set()
         victims = process_tree(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session: every process it started
         for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
