@@ -353,7 +353,9 @@ def platform_protections() -> dict[str, bool]:
     linux = sys.platform.startswith("linux")
     return {
         "rlimits": resource is not None,  # CPU time, file size, address space
-        "process_limit": resource is not None and hasattr(resource, "RLIMIT_NPROC") and os.path.isdir("/proc"),
+        # root is exempt from RLIMIT_NPROC; the PID namespace and the process-tree kill remain
+        "process_limit": resource is not None and hasattr(resource, "RLIMIT_NPROC") and os.path.isdir("/proc")
+        and hasattr(os, "getuid") and os.getuid() != 0,
         "die_with_grader": linux,
         "memory_watch": os.path.isdir("/proc"),  # RSS of the whole process tree
     }
