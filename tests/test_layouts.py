@@ -109,6 +109,26 @@ def test_system_python_venv_inside_a_checkout(place):
     assert_full_code_marks(grade_example(python, checkout))
 
 
+def test_pip_install_user(place):
+    # `pip install --user`: the base interpreter (no venv) with the grader, numpy and torch in the user
+    # site-packages (PYTHONUSERBASE points it at this test's folder). The worker's packages come from there.
+    base = Path(os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable))
+    env = {**clean_env(base, place), "PYTHONUSERBASE": str(place / "userbase")}
+    site = Path(subprocess.run([str(base), "-c", "import site; print(site.getusersitepackages())"], env=env,
+                               check=True, capture_output=True, text=True).stdout.strip())
+    site.mkdir(parents=True)
+    for entry in SITE.iterdir():
+        if entry.name not in ("grader", "reference", "assignments"):
+            (site / entry.name).symlink_to(entry)
+    for package in ("grader", "reference", "assignments"):
+        shutil.copytree(ROOT / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("from grader.sandbox.preflight import preflight\nimport grader\nr = preflight()\n"
+              "print(grader.__file__, r.ok, r.isolation, r.message)")
+    result = subprocess.run([str(base), "-c", script], cwd=place, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(str(site)) and " True bwrap " in result.stdout, result.stdout
+
+
 def _can_add_user() -> bool:
     if os.geteuid() != 0 or not RUNUSER:
         return False
