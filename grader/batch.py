@@ -162,7 +162,8 @@ def up_to_date(out: Path, entry: Entry, expected: dict[str, str]) -> bool:
         report = load_report(path)
     except (OSError, ValueError, TypeError, KeyError):
         return False
-    return report.student == entry.student_id and report.fingerprint == expected
+    # A grader fault is no verdict: the next run grades that student again.
+    return report.student == entry.student_id and report.fingerprint == expected and not report.needs_regrade
 
 
 def default_workers(accuracy: str) -> int:

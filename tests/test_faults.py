@@ -160,3 +160,26 @@ def test_course_ci_installs_what_the_course_hands_out_and_says_the_isolation_lev
     bundle = workflow["env"]["VITGRADE_PACKAGE"]
     assert Path(bundle).name in inspect.getsource(grader.assign.assign)  # the folder `vitgrade assign` writes
     assert "vitgrade doctor" in runs and "GITHUB_STEP_SUMMARY" in runs
+
+
+def test_a_batch_stops_after_consecutive_grader_faults_and_regrades_them_next_time(starving_rubric, tmp_path):
+    import pandas as pd
+
+    from grader.batch import MAX_GRADER_FAULTS, BatchOptions, Entry, grade_batch, up_to_date
+    from grader.grading import fingerprint
+    from grader.sandbox.preflight import GraderBroken
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for number in range(MAX_GRADER_FAULTS + 2):
+        (folder / f"s{number}.py").write_text(CORRECT.read_text(encoding="utf-8"), encoding="utf-8")
+    rubric = load_rubric(starving_rubric)
+    options = BatchOptions(out=tmp_path / "out", rubric=rubric, workers=1, accuracy="off", progress=False,
+                           preflight=False)  # the preflight would stop it earlier; this tests the batch's own stop
+    with pytest.raises(GraderBroken, match="in a row"):
+        grade_batch([folder], options)
+    book = pd.read_csv(tmp_path / "out" / "gradebook.csv")
+    graded = book[book["status"] != "missing"]
+    assert len(graded) == MAX_GRADER_FAULTS and set(graded["status"]) == {"needs regrade"}
+    entry = Entry("s0", folder / "s0.py")
+    assert not up_to_date(tmp_path / "out", entry, fingerprint(entry.path, rubric, "off"))
