@@ -168,6 +168,8 @@ for path in PATHS:
     except OSError as exc:
         found[path] = type(exc).__name__
 found["sys.path"] = [p for p in sys.path if os.path.isdir(os.path.join(p, "reference"))]
+import sysconfig  # torch.compile builds C extensions against Python's headers
+found["Python.h"] = os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 print("PROBE" + json.dumps(found))
 '''
 
@@ -197,4 +199,5 @@ def test_nothing_of_the_grader_is_reachable_through_a_path_alias(place):
     assert all(found[name] == "ModuleNotFoundError" for name in ("reference", "grader", "assignments", "reference.vit")), found
     assert all(found[path] in ("FileNotFoundError", "PermissionError") for path in paths), found
     assert found["sys.path"] == []
+    assert found["Python.h"]
     assert python_real.exists()

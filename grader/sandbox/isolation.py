@@ -210,9 +210,15 @@ def _grader_locations() -> set[str]:
     return places
 
 
+# Other Pythons' package folders inside /usr (a system-wide install of the grader would be there).
+SYSTEM_SITE_GLOBS = ("/usr/lib/python3*/*-packages", "/usr/lib64/python3*/*-packages",
+                     "/usr/local/lib/python3*/*-packages", "/usr/local/lib64/python3*/*-packages")
+
+
 def _site_dirs() -> set[str]:
-    """Every directory packages may be installed into, for this interpreter and its base."""
+    """Every directory packages may be installed into, for this interpreter, its base and the system."""
     dirs = {p for p in sys.path if p and os.path.isdir(p)}
+    dirs |= {str(p) for pattern in SYSTEM_SITE_GLOBS for p in Path("/").glob(pattern.lstrip("/"))}
     with contextlib.suppress(AttributeError):  # `site` of some embedded builds lacks these
         dirs |= set(site.getsitepackages())
         dirs.add(site.getusersitepackages())
@@ -232,6 +238,10 @@ def interpreter_layout() -> Layout:
     dynload = sysconfig.get_config_var("DESTSHARED")
     if dynload and os.path.isdir(dynload):
         stdlib.add(_real(dynload))
+    # Python's C headers: torch.compile (inductor, Triton's launcher) builds C extensions against them.
+    stdlib |= {_real(p) for key in ("include", "platinclude")
+               if os.path.isdir(p := sysconfig.get_paths(vars={"base": sys.base_prefix,
+                                                                "platbase": sys.base_exec_prefix})[key])}
     systems = [_real(top) for top in SYSTEM_TOPS if os.path.isdir(top)]
     trees = sorted(p for p in stdlib if not any(_inside(p, top) for top in systems))
     files: set[str] = set()
