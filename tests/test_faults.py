@@ -4,6 +4,7 @@ the parent's own stalls or big replies do not decide a student's result."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -104,19 +105,30 @@ def test_a_reply_larger_than_the_request_can_need_is_refused_before_it_is_read()
     assert info.value.fault == "submission"
 
 
+def hold_gil(seconds: float) -> None:
+    """Keep this thread running Python for `seconds` without letting another thread in (as a slow parse
+    of a hostile answer would): the interpreter's thread switch interval is raised meanwhile."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(seconds + 5)
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_a_busy_parent_does_not_expire_a_students_deadline():
     # The worker answers at once, but this process holds the GIL (as a slow parse of another student's
     # answer would) past the request's deadline: the reply is on time, and the stall is not charged.
     code = "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n"
 
     def hog(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            sum(range(50_000_000))  # one C call: holds the GIL for a second or more at a time
+        hold_gil(seconds)
 
     with Sandbox(code) as sandbox:
         sandbox.request("build", {"handle": "n", "class": "Net"})
-        thread = threading.Thread(target=hog, args=(4.0,))
+        thread = threading.Thread(target=hog, args=(3.0,))
         thread.start()
         try:
             reply = sandbox.request("forward", {"handle": "n"}, {"x": np.ones((2, 4))}, timeout=1.0)
@@ -183,3 +195,15 @@ def test_a_batch_stops_after_consecutive_grader_faults_and_regrades_them_next_ti
     assert len(graded) == MAX_GRADER_FAULTS and set(graded["status"]) == {"needs regrade"}
     entry = Entry("s0", folder / "s0.py")
     assert not up_to_date(tmp_path / "out", entry, fingerprint(entry.path, rubric, "off"))
+
+
+def test_the_request_clock_does_not_count_the_graders_own_stall():
+    from grader.sandbox.client import RequestClock
+
+    clock = RequestClock(timeout=1.0, pid=None)
+    time.sleep(0.3)  # the stall monitor runs
+    first = clock.deadline()
+    hold_gil(1.5)  # the heartbeat cannot run
+    assert clock.excused() >= 0.5
+    assert clock.deadline() > first
+    assert clock.excused() <= 2.0  # capped at MAX_EXCUSED_FACTOR x timeout

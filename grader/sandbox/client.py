@@ -84,22 +84,24 @@ class StallMonitor(threading.Thread):
         super().__init__(daemon=True, name="vitgrade-stall-monitor")
         self.tick, self.slack = tick, slack
         self.stalled = 0.0
+        self._last = time.monotonic()
         self._lock = threading.Lock()
 
     def run(self) -> None:
-        last = time.monotonic()
         while True:
             time.sleep(self.tick)
             now = time.monotonic()
-            late = now - last - self.tick
-            if late > self.slack:
-                with self._lock:
+            with self._lock:
+                late = now - self._last - self.tick
+                if late > self.slack:
                     self.stalled += late
-            last = now
+                self._last = now
 
     def total(self) -> float:
+        """Stalled seconds so far, including a stall still going on (the heartbeat has not run yet)."""
         with self._lock:
-            return self.stalled
+            pending = time.monotonic() - self._last - self.tick
+            return self.stalled + (pending if pending > self.slack else 0.0)
 
 
 _MONITOR: StallMonitor | None = None
@@ -138,6 +140,7 @@ class RequestClock:
         self.monitor = stall_monitor()
         self._stall0 = self.monitor.total()
         self._wait0 = self._worker_wait()
+        self._cached = (0.0, self.started + timeout)  # (when computed, deadline): /proc is read at most 10x/s
 
     def _worker_wait(self) -> float:
         return run_queue_wait(process_tree(self.pid)) if self.pid is not None else 0.0
@@ -148,7 +151,10 @@ class RequestClock:
         return min(self.timeout * MAX_EXCUSED_FACTOR, stalled + waited)
 
     def deadline(self) -> float:
-        return self.started + self.timeout + self.excused()
+        now = time.monotonic()
+        if now - self._cached[0] > 0.1:
+            self._cached = (now, self.started + self.timeout + self.excused())
+        return self._cached[1]
 
 
 def reply_limit(op: str, arrays: dict[str, np.ndarray] | None) -> int:
