@@ -174,8 +174,11 @@ def _site_entries() -> set[str]:
     entries: set[str] = set()
     for dist in _distributions(WORKER_PACKAGES):
         site_dir = Path(_real(dist.locate_file("")))
-        tops = {f.parts[0] for f in dist.files or [] if f.parts and f.parts[0] not in ("..", "__pycache__")}
-        if not dist.files:  # no RECORD: the import names it declares
+        # RECORD lists every installed file (read as text: torch's has tens of thousands of lines).
+        record = dist.read_text("RECORD") or ""
+        tops = {line.split(",", 1)[0].split("/", 1)[0] for line in record.splitlines() if line.strip()}
+        tops -= {"..", "__pycache__", ""}
+        if not tops:  # no RECORD: the import names it declares
             tops = set((dist.read_text("top_level.txt") or "").split())
         for top in tops:
             for candidate in (site_dir / top, site_dir / f"{top}.libs"):
