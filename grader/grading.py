@@ -128,7 +128,7 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
         submission = load_submission(path, student, id_pattern)
     except IntakeError as error:
         return Report.failure(student, str(path), str(error), environment=environment(),
-                              fingerprint=fingerprint(path, rubric, accuracy))
+                              fingerprint=fingerprint(path, rubric, accuracy), fault="submission")
     timings = {"intake": time.monotonic() - started}
     options = {"accuracy": accuracy, "data_dir": data_dir}
     with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads, gpu), isolation=isolation) as sandbox:
