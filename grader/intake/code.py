@@ -161,7 +161,7 @@ def filter_unit(unit: CodeUnit, local_modules: frozenset[str] = frozenset()) -> 
             where = f", line {exc.lineno}" if exc.lineno else ""
             return f"{unit.origin}: skipped, it does not parse ({exc.msg}{where})"
     unit.statements = []
-    for stmt, text in zip(tree.body, segments(python, tree.body)):
+    for stmt, text in zip(tree.body, segments(python, tree.body), strict=True):
         is_local_import = isinstance(stmt, ast.ImportFrom) and (stmt.module or "").split(".")[0] in local_modules
         if _keep(stmt) and not is_local_import:
             unit.statements.append((stmt, text))
