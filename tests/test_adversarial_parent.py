@@ -25,8 +25,7 @@ from PIL import Image
 from grader.intake import IntakeError, content_digest, load_submission
 from grader.intake import code as intake_code
 from grader.intake import pictures as intake_pictures
-from grader.intake.budget import MAX_STATEMENTS
-from grader.intake.naming import MAX_ID_BYTES, safe_id, student_id_from_name
+from grader.intake.naming import safe_id, student_id_from_name
 from grader.report import CheckResult, Report, load_report
 
 from .conftest import HANDOUT_SOURCE
@@ -174,6 +173,8 @@ def test_intake_work_is_linear_in_statements(tmp_path, monkeypatch):
 
 
 def test_intake_refuses_code_past_its_limits(tmp_path):
+    from grader.intake.budget import MAX_STATEMENTS
+
     path = tmp_path / "many.py"
     path.write_text("class FNN:\n    pass\n" + "x = 1\n" * (MAX_STATEMENTS + 1))
     with pytest.raises(IntakeError, match="top-level statements"):
@@ -283,6 +284,8 @@ def test_id_collisions_never_overwrite_and_are_reported():
                                   "e\u0301" * 120])
 def test_student_ids_are_bounded_in_bytes_after_normalisation(name):
     """Item 10: a name under 255 bytes that grows under NFC (U+0958 decomposes) still names a folder."""
+    from grader.intake.naming import MAX_ID_BYTES
+
     student = safe_id(student_id_from_name(name))
     assert len(student.encode()) <= MAX_ID_BYTES
     assert student == safe_id(student)  # stable: the same folder on every run
