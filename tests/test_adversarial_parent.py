@@ -176,13 +176,17 @@ def test_intake_refuses_code_past_its_limits(tmp_path):
     from grader.intake.budget import MAX_STATEMENTS
 
     path = tmp_path / "many.py"
-    path.write_text("class FNN:\n    pass\n" + "x = 1\n" * (MAX_STATEMENTS + 1))
+    path.write_text("class FNN:\n    pass\n" + "x = 1\n" * (MAX_STATEMENTS + 1))  # under the line limit
     with pytest.raises(IntakeError, match="top-level statements"):
         load_submission(path)
     big = tmp_path / "big.py"
-    big.write_text("class FNN:\n    pass\n" + "# padding\n" * 300_000)
+    big.write_text("class FNN:\n    pass\n" + "# padding " * 120_000)
     with pytest.raises(IntakeError, match="characters long"):
         load_submission(big)
+    for text in ("x = 1\n" * 60_000, "x = 1;" * 60_000):  # refused before parsing: lines, `;` counted
+        (tmp_path / "lines.py").write_text("class FNN:\n    pass\n" + text)
+        with pytest.raises(IntakeError, match="lines"):
+            load_submission(tmp_path / "lines.py")
 
 
 def test_intake_runs_under_a_deadline(tmp_path):

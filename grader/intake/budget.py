@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 INTAKE_SECONDS = 60.0  # a real notebook is read in well under a second; pictures take the most
-MAX_CODE_CHARS = 2_000_000  # all code cells / .py files together; a ViT notebook has ~20,000
+MAX_CODE_CHARS = 1_000_000  # all code cells / .py files together; a ViT notebook has ~20,000
+MAX_CODE_LINES = 50_000  # lines (a `;` counts as one), checked before parsing; a ViT notebook has ~500
 MAX_STATEMENTS = 20_000  # top-level statements of all units together; a ViT notebook has ~100
 MAX_FOLDER_FILES = 2000  # entries of a submitted folder (a zip is held to the same number of members)
 

@@ -8,7 +8,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from grader.intake.budget import MAX_CODE_CHARS, MAX_STATEMENTS, Deadline, IntakeError
+from grader.intake.budget import MAX_CODE_CHARS, MAX_CODE_LINES, MAX_STATEMENTS, Deadline, IntakeError
 
 REQUIRED_CLASSES = ("ViT", "TransformerEncoderLayer", "SelfAttention", "FNN")
 # CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" when two
@@ -233,11 +233,16 @@ def extract(units: list[CodeUnit], local_modules: frozenset[str] = frozenset(),
             deadline: Deadline | None = None) -> ExtractedCode:
     """Filter every unit; warn about unparsable units and classes defined more than once.
 
-    Refuses code past MAX_CODE_CHARS or MAX_STATEMENTS (IntakeError), so that the cost stays bounded.
+    Refuses code past MAX_CODE_CHARS, MAX_CODE_LINES (both before parsing) or MAX_STATEMENTS
+    (IntakeError), so that the cost stays bounded.
     """
     size = sum(len(unit.source) for unit in units)
     if size > MAX_CODE_CHARS:
         raise IntakeError(f"the code is {size:,} characters long, over the limit of {MAX_CODE_CHARS:,}; "
+                          "submit only the notebook of the assignment")
+    lines = sum(unit.source.count("\n") + unit.source.count(";") + 1 for unit in units)
+    if lines > MAX_CODE_LINES:
+        raise IntakeError(f"the code has {lines:,} lines, over the limit of {MAX_CODE_LINES:,}; "
                           "submit only the notebook of the assignment")
     result = ExtractedCode(units=units)
     statements = 0
