@@ -148,6 +148,37 @@ def test_check_exits_2_without_a_traceback_on_broken_intake(tmp_path):
         assert "Traceback" not in done.stdout + done.stderr
 
 
+SHARED_CODE = """
+def helper(a, b):
+    total = 0
+    for i in range(a):
+        for j in range(b):
+            total += i * j - (i + j) // 3
+            if total > 1000:
+                total = total % 97 + sum(k * k for k in range(j))
+    return total * 7 + a - b, [x ** 2 for x in range(a) if x % 3 == 1]
+"""
+
+
+def test_the_summary_never_reads_a_submission_again(tmp_path, monkeypatch):
+    """Item 3: summary.html and the TA sheet come from the reports (and code.txt beside them): a
+    submission that breaks reading cannot break them, on this run or any rerun."""
+    import grader.intake
+    from grader.batch import Entry, write_student
+    from grader.gradebook import write_summary
+    from grader.rubric import load_rubric
+
+    for student in ("alice", "bob"):
+        report = Report(student=student, submission=f"{student}.py", status="graded", checks=[])
+        report.code = SHARED_CODE
+        write_student(tmp_path, report, gradescope=False)
+    monkeypatch.setattr(grader.intake, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
+    entries = [Entry("alice", tmp_path / "gone.py"), Entry("bob", tmp_path / "gone.ipynb")]
+    write_summary(tmp_path, entries, None, load_rubric())
+    assert (tmp_path / "ta_sheet.csv").is_file()
+    assert "shared fragments" in (tmp_path / "summary.html").read_text(encoding="utf-8")  # a pair, from code.txt
+
+
 # --- intake cost: linear in statements, bounded, under a deadline ----------------------------------------
 def test_intake_work_is_linear_in_statements(tmp_path, monkeypatch):
     """Item 7: a chain of 2,000 assignments the required class needs is walked once per statement

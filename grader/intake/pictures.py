@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+from grader.intake.budget import Deadline
+
 MAX_PICTURES = 6  # per answer cell; a diagram needs one or two
 MAX_PICTURE_BYTES = 10 * 1024**2
 MAX_PIXELS = 40_000_000  # decoded size; refused before decoding (decompression bombs)
@@ -137,7 +139,7 @@ class PictureBudget:
     """One submission's pictures: each distinct picture is decoded once, and the submission's caps
     (references, decoded pixels, the intake's deadline) apply before anything is decoded."""
 
-    def __init__(self, deadline=None):
+    def __init__(self, deadline: Deadline | None = None):
         self.deadline = deadline
         self.references = 0
         self.pixels = 0
