@@ -211,12 +211,16 @@ def read_folder(folder: Path, deadline: Deadline | None = None) -> SourceFiles:
     notebooks: list[Path] = []
     scripts: list[Path] = []
     deadline = deadline or Deadline()
-    entries = []
-    for path in folder.rglob("*"):
+    entries, total = [], 0
+    for path in folder.rglob("*"):  # the same limits as a zip: a folder is often an unpacked one
         entries.append(path)
+        total += path.lstat().st_size if path.is_file() else 0
         if len(entries) > MAX_FOLDER_FILES:
             raise IntakeError(f"{folder.name} holds more than {MAX_FOLDER_FILES} files and folders; submit only "
                               "the notebook (and the pictures it shows)")
+        if total > MAX_ZIP_TOTAL_BYTES:
+            raise IntakeError(f"{folder.name} holds more than {MAX_ZIP_TOTAL_BYTES // 1024**2} MB of files; submit "
+                              "only the notebook (and the pictures it shows)")
     for path in sorted(entries):
         relative = path.relative_to(folder)
         if IGNORED_PARTS & set(relative.parts) or any(p.startswith("._") for p in relative.parts):
@@ -229,6 +233,7 @@ def read_folder(folder: Path, deadline: Deadline | None = None) -> SourceFiles:
         elif path.suffix.lower() == ".py" and path.is_file():
             scripts.append(path)
     if notebooks:
+        deadline.check("choosing the notebook")
         chosen = max(notebooks, key=_score_notebook)
         if len(notebooks) > 1:
             others = ", ".join(str(p.relative_to(folder)) for p in notebooks if p != chosen)
