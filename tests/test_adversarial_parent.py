@@ -137,6 +137,16 @@ def test_every_intake_failure_is_an_intake_error(kind, tmp_path):
     assert str(raised.value).strip()
 
 
+def test_a_fifo_named_like_a_submission_is_refused_not_read(tmp_path):
+    """Reading a FIFO blocks until someone writes: the grader would wait forever."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.py")
+    with pytest.raises(IntakeError, match="not a regular file"):
+        load_submission(tmp_path / "pipe.py")
+    assert content_digest(tmp_path / "pipe.py")
+
+
 def test_check_exits_2_without_a_traceback_on_broken_intake(tmp_path):
     for kind in ("unary chain (MemoryError in ast.parse)", "encrypted zip member (RuntimeError)"):
         name, make = BROKEN_INTAKE[kind]

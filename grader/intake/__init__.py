@@ -41,6 +41,8 @@ def content_digest(path: Path) -> str:
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
 
+    if not path.is_file() and not path.is_dir():
+        return digest.hexdigest()  # not something intake reads (a FIFO would block here)
     paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
     for item in paths:
         field(str(item.relative_to(path) if path.is_dir() else item.name).encode("utf-8", "surrogateescape"))
@@ -88,6 +90,8 @@ def _load(path: Path, student_id: str | None, id_pattern: str | None, deadline: 
         raise IntakeError(f"{path} does not exist")
     if path.is_symlink() and not path.resolve().exists():
         raise IntakeError(f"{path.name} is a broken symbolic link")
+    if not path.is_dir() and not path.is_file():  # a FIFO or device would block or never end
+        raise IntakeError(f"{path.name} is not a regular file or folder")
     found = _read(path, deadline)
     extracted = extract(found.units, found.local_modules, deadline)
     dropped = sum(u.dropped for u in extracted.units)
