@@ -138,7 +138,9 @@ def segments(source: str, body: list[ast.stmt]) -> list[str]:
         position = data.find(b"\n", position + 1)
     out = []
     for stmt in body:
-        begin = starts[stmt.lineno - 1] + stmt.col_offset
+        decorators = getattr(stmt, "decorator_list", None)
+        # A definition's position is its `def`/`class` line; its decorators (`@dataclass`) come first.
+        begin = starts[decorators[0].lineno - 1] if decorators else starts[stmt.lineno - 1] + stmt.col_offset
         end = starts[stmt.end_lineno - 1] + stmt.end_col_offset
         out.append(data[begin:end].decode("utf-8", "surrogatepass"))
     return out
