@@ -18,11 +18,13 @@ from grader.intake.naming import safe_id, student_id_from_name
 from grader.render.gradescope import render_gradescope
 from grader.render.html import render_html
 from grader.render.markdown import render_markdown
+from grader.render.safe import clean_report, clean_text
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric, load_rubric
 from grader.sandbox.preflight import GraderBroken, require_preflight
 
 SUBMISSION_SUFFIXES = {".ipynb", ".py", ".zip"}
+CODE_NAME = "code.txt"  # beside report.json: the code that ran, read by the class summary
 LOCK_NAME = ".vitgrade.lock"
 MAX_GRADER_FAULTS = 3  # consecutive reports the grader failed on: stop instead of going through the class
 
@@ -58,11 +60,13 @@ class BatchSummary:
     reused: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    collisions: list[str] = field(default_factory=list)  # submissions that claimed an id already taken
 
     def describe(self) -> str:
         lines = [f"{len(self.graded)} graded, {len(self.reused)} up to date (resumed), {len(self.missing)} missing "
                  f"from the roster -> {self.out / 'gradebook.csv'}, {self.out / 'summary.html'}"]
-        return "\n".join([*self.notes, *lines])
+        loud = [f"ID COLLISION: {c}" for c in self.collisions]
+        return clean_text("\n".join([*self.notes, *loud, *lines]))  # file names may hold undecodable bytes
 
 
 def discover(paths: list[Path], id_pattern: str | None = None) -> tuple[list[Entry], list[str]]:
@@ -83,16 +87,34 @@ def discover(paths: list[Path], id_pattern: str | None = None) -> tuple[list[Ent
             candidates += entries
         else:
             candidates.append(path)
-    seen: dict[str, int] = {}
-    result = []
-    for path in candidates:
-        base = student_id_from_name(path, id_pattern)
-        seen[base] = seen.get(base, 0) + 1
-        student = base if seen[base] == 1 else f"{base}-{seen[base]}"
-        if seen[base] > 1:
-            notes.append(f"two submissions map to student id {base!r}; {path.name} is graded as {student!r}")
-        result.append(Entry(student, path))
-    return result, notes
+    result, collisions = assign_ids(candidates, id_pattern)
+    return result, notes + collisions
+
+
+COLLISION_MARK = "two submissions map to student id"
+
+
+def assign_ids(paths: list[Path], id_pattern: str | None = None) -> tuple[list[Entry], list[str]]:
+    """A distinct student id for each path, and a message for each id claimed twice.
+
+    Ids are compared as folder names are on a case-insensitive file system, after safe_id; a later
+    claimant gets `<id>-2`, `-3`... skipping every id another path maps to, so that it can never take
+    a real student's id (or overwrite their report)."""
+    bases = [student_id_from_name(path, id_pattern) for path in paths]
+    claimed = {safe_id(base).casefold() for base in bases}
+    used: set[str] = set()
+    entries, collisions = [], []
+    for path, base in zip(paths, bases, strict=True):
+        student = base
+        if student.casefold() in used:
+            number = 2
+            while (student := safe_id(f"{base}-{number}")).casefold() in used | claimed:
+                number += 1
+            collisions.append(f"{COLLISION_MARK} {base!r}: {path.name} is graded as {student!r}; check the "
+                              "file names (or --id-pattern) before uploading grades")
+        used.add(student.casefold())
+        entries.append(Entry(student, path))
+    return entries, collisions
 
 
 def _lock(handle, unlock: bool = False) -> None:
@@ -144,6 +166,7 @@ def student_dir(out: Path, student: str) -> Path:
 def write_student(out: Path, report: Report, gradescope: bool) -> None:
     """Pictures and renderings first, report.json last: its presence means the student is done."""
     folder = student_dir(out, report.student)
+    clean_report(report)  # reports from a cluster executor come here without passing grade_submission
     for stale in folder.glob("*.png"):  # from an earlier grading of this student: not this report's
         if stale.name not in report.attachments:
             stale.unlink()
@@ -153,7 +176,26 @@ def write_student(out: Path, report: Report, gradescope: bool) -> None:
     write_atomic(folder / "report.html", render_html(report))
     if gradescope:
         write_atomic(folder / "results.json", render_gradescope(report))
+    if report.code:
+        write_atomic(folder / CODE_NAME, report.code)
+    else:
+        (folder / CODE_NAME).unlink(missing_ok=True)
     write_atomic(folder / "report.json", report.to_json())
+
+
+def write_student_safely(out: Path, report: Report, gradescope: bool) -> str | None:
+    """write_student, where a failure becomes that student's error report, never the batch's end;
+    returns a note when even that report could not be written."""
+    try:
+        write_student(out, report, gradescope)
+        return None
+    except Exception as exc:  # whatever the submission made the writing do, the batch goes on
+        problem = f"internal grader error: the report could not be written ({type(exc).__name__}: {exc})"
+    try:
+        write_student(out, Report.failure(report.student, report.submission, problem), gradescope)
+        return None
+    except Exception as exc:  # the failure report itself: noted, the batch goes on
+        return f"{report.student}: no report could be written ({type(exc).__name__}: {exc}); regrade this student"
 
 
 def up_to_date(out: Path, entry: Entry, expected: dict[str, str]) -> bool:
@@ -239,7 +281,8 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
     rubric = options.rubric or load_rubric()
     entries, notes = discover(paths, options.id_pattern)
     out = options.out
-    summary = BatchSummary(out=out, notes=notes)
+    summary = BatchSummary(out=out, notes=[n for n in notes if not n.startswith(COLLISION_MARK)],
+                           collisions=[n for n in notes if n.startswith(COLLISION_MARK)])
     with OutputLock(out):
         todo = []
         for entry in entries:
@@ -257,7 +300,9 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not options.progress, file=sys.stderr)
 
         def done(report: Report) -> None:
-            write_student(out, report, options.gradescope)
+            problem = write_student_safely(out, report, options.gradescope)
+            if problem:
+                summary.notes.append(problem)
             summary.graded.append(report.student)
             bar.set_postfix_str(f"{report.student}: {report.score:g}/{report.max_score:g}", refresh=False)
             bar.update()
@@ -277,5 +322,6 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
                 from grader.manual import merge_manual
 
                 summary.notes += merge_manual(out, options.manual)
-            summary.missing = write_summary(out, entries, options.roster, rubric)
+            summary.missing = write_summary(out, entries, options.roster, rubric,
+                                            problems=[f"ID COLLISION: {c}" for c in summary.collisions])
     return summary

@@ -71,6 +71,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
     except GraderBroken as exc:
         raise UsageError(str(exc)) from None
     print(summary.describe())
+    if summary.collisions:  # graded under distinct ids, but the LMS ids need a person's look: never silent
+        print(f"vitgrade: {len(summary.collisions)} student id collision(s); see above and summary.html",
+              file=sys.stderr)
+        return 1
     return 0
 
 

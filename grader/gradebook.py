@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from grader.intake import IntakeError, load_submission
 from grader.intake.naming import safe_id
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric
@@ -49,11 +48,16 @@ def gradebook_frame(reports: list[Report], check_ids: list[str]) -> pd.DataFrame
     return frame.sort_values("student", kind="stable").reset_index(drop=True)
 
 
-def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric) -> list[str]:
-    """Write missing reports for roster students, gradebook.csv and summary.html; return the missing ids."""
-    from grader.batch import student_dir
+def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric,
+                  problems: list[str] | tuple = ()) -> list[str]:
+    """Write missing reports for roster students, gradebook.csv and summary.html; return the missing ids.
 
-    reports, problems = load_reports(out)
+    Built from the reports alone: no submission is read again (one that broke the intake once would
+    break the summary on every run)."""
+    from grader.batch import CODE_NAME, student_dir
+
+    reports, unreadable = load_reports(out)
+    problems = [*problems, *unreadable]
     have = {r.student for r in reports}
     missing = [sid for sid in read_roster(roster) if sid not in have] if roster else []
     for sid in missing:
@@ -64,10 +68,10 @@ def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric)
     frame = gradebook_frame(reports, check_ids)
     write_atomic(out / "gradebook.csv", frame.to_csv(index=False))
     codes = {}
-    for entry in entries:
+    for entry in entries:  # the code each graded student ran, as the grading wrote it beside the report
         try:
-            codes[entry.student_id] = load_submission(entry.path, entry.student_id).code
-        except IntakeError:
+            codes[entry.student_id] = (student_dir(out, entry.student_id) / CODE_NAME).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
             continue
     from grader.render.summary import render_summary
 

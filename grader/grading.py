@@ -14,6 +14,7 @@ from grader.checks.training import resolve_mode
 from grader.expected import Expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
+from grader.render.safe import clean_report
 from grader.report import CheckResult, Report, answer_picture_files
 from grader.rubric import Rubric, load_rubric
 from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
@@ -127,8 +128,8 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
     try:
         submission = load_submission(path, student, id_pattern)
     except IntakeError as error:
-        return Report.failure(student, str(path), str(error), environment=environment(),
-                              fingerprint=fingerprint(path, rubric, accuracy), fault="submission")
+        return clean_report(Report.failure(student, str(path), str(error), environment=environment(),
+                                           fingerprint=fingerprint(path, rubric, accuracy), fault="submission"))
     timings = {"intake": time.monotonic() - started}
     options = {"accuracy": accuracy, "data_dir": data_dir}
     with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads, gpu), isolation=isolation) as sandbox:
@@ -136,7 +137,8 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
                              options, expected)
     timings["total"] = time.monotonic() - started
     report.timings = {k: round(v, 3) for k, v in timings.items()}
-    return report
+    report.code = submission.code
+    return clean_report(report)  # the boundary: nothing the submission wrote reaches a file unsanitised
 
 
 def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeout: float,

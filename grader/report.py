@@ -59,6 +59,9 @@ class Report:
     # Pictures (file name -> PNG bytes) written beside the report; not part of report.json. The
     # trained model's (training.png, attention.png) and the answers' (see answer_picture_name).
     attachments: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    # The code the sandbox ran (the intake's output): written beside the report as code.txt for the class
+    # summary's similarity hints, so that the summary never reads a submission again. Not in report.json.
+    code: str = field(default="", repr=False, compare=False)
 
     @classmethod
     def failure(cls, student: str, submission: str, message: str, status: ReportStatus = "error", **extra) -> Report:
@@ -110,7 +113,7 @@ class Report:
         return next((c for c in self.checks if c.id == check_id), None)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "attachments"}
+        data = {k: v for k, v in asdict(self).items() if k not in ("attachments", "code")}
         ordered = {"schema_version": self.schema_version, "student": self.student, "submission": self.submission,
                    "status": self.status, "score": self.score, "max_score": self.max_score}
         ordered.update({k: v for k, v in data.items() if k not in ordered})

@@ -238,3 +238,10 @@ def test_without_required_classes_everything_defined_is_kept(tmp_path):
     path = tmp_path / "renamed.py"
     path.write_text("import torch\nclass VisionTransformer(torch.nn.Module):\n    pass\n", encoding="utf-8")
     assert "class VisionTransformer" in load_submission(path).code
+
+
+def test_decorated_definitions_keep_their_decorators(tmp_path):
+    path = tmp_path / "deco.py"
+    path.write_text("from dataclasses import dataclass\n\n@dataclass\nclass Config:\n    dim: int = 8\n\n"
+                    "class FNN:\n    config = Config()\n")
+    assert "@dataclass\nclass Config" in load_submission(path).code

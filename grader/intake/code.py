@@ -8,6 +8,8 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from grader.intake.budget import MAX_CODE_CHARS, MAX_CODE_LINES, MAX_STATEMENTS, Deadline, IntakeError
+
 REQUIRED_CLASSES = ("ViT", "TransformerEncoderLayer", "SelfAttention", "FNN")
 # CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" when two
 # threads parse at once), and batch grading intakes submissions on several threads.
@@ -18,6 +20,15 @@ def parse(source: str) -> ast.Module:
     """ast.parse, one thread at a time."""
     with _PARSE_LOCK:
         return ast.parse(source)
+
+
+def parse_untrusted(source: str) -> ast.Module:
+    """`parse` for student code: nesting too deep for the parser (MemoryError, RecursionError) is a
+    SyntaxError like any other code that does not parse."""
+    try:
+        return parse(source)
+    except (MemoryError, RecursionError):
+        raise SyntaxError("too deeply nested to parse") from None
 
 # IPython syntax that is not Python: line magics, shell escapes and `x = !ls`.
 _MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|\w+\s*=\s*[%!])")
@@ -36,6 +47,8 @@ class CodeUnit:
     kept: str = ""
     dropped: int = 0
     parsed: bool = True
+    # The kept statements and their source, parsed once (re-parsing per step made intake quadratic).
+    statements: list[tuple[ast.stmt, str]] = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass
@@ -55,10 +68,14 @@ def strip_ipython(source: str) -> tuple[str, str | None]:
     Source that already parses as Python is returned unchanged, so valid code is never touched.
     """
     try:
-        parse(source)
+        parse_untrusted(source)
         return source, None
     except SyntaxError:
         pass
+    return _strip_magics(source)
+
+
+def _strip_magics(source: str) -> tuple[str, str | None]:
     lines = source.splitlines()
     if lines and lines[0].lstrip().startswith("%%"):
         magic = lines[0].split()[0]
@@ -107,25 +124,52 @@ def _keep(stmt: ast.stmt) -> bool:
     return False
 
 
+def segments(source: str, body: list[ast.stmt]) -> list[str]:
+    """The source text of each statement, in one pass over `source`.
+
+    ast.get_source_segment splits the whole source into lines on every call, which made intake
+    quadratic in the number of statements. Offsets are in UTF-8 bytes, as the parser reports them.
+    """
+    data = source.encode("utf-8", "surrogatepass")
+    starts = [0]
+    position = data.find(b"\n")
+    while position != -1:
+        starts.append(position + 1)
+        position = data.find(b"\n", position + 1)
+    out = []
+    for stmt in body:
+        decorators = getattr(stmt, "decorator_list", None)
+        # A definition's position is its `def`/`class` line; its decorators (`@dataclass`) come first.
+        begin = starts[decorators[0].lineno - 1] if decorators else starts[stmt.lineno - 1] + stmt.col_offset
+        end = starts[stmt.end_lineno - 1] + stmt.end_col_offset
+        out.append(data[begin:end].decode("utf-8", "surrogatepass"))
+    return out
+
+
 def filter_unit(unit: CodeUnit, local_modules: frozenset[str] = frozenset()) -> str | None:
     """Fill `unit.kept`; return a warning when the unit could not be used."""
-    python, dropped_magic = strip_ipython(unit.source)
-    if dropped_magic:
-        unit.dropped = 1
-        return None
+    python = unit.source
     try:
-        tree = parse(python)
-    except SyntaxError as exc:
-        unit.parsed = False
-        return f"{unit.origin}: skipped, it does not parse ({exc.msg}, line {exc.lineno})"
-    kept = []
-    for stmt in tree.body:
+        tree = parse_untrusted(python)
+    except SyntaxError:
+        python, dropped_magic = _strip_magics(unit.source)
+        if dropped_magic:
+            unit.dropped = 1
+            return None
+        try:
+            tree = parse_untrusted(python)
+        except SyntaxError as exc:
+            unit.parsed = False
+            where = f", line {exc.lineno}" if exc.lineno else ""
+            return f"{unit.origin}: skipped, it does not parse ({exc.msg}{where})"
+    unit.statements = []
+    for stmt, text in zip(tree.body, segments(python, tree.body), strict=True):
         is_local_import = isinstance(stmt, ast.ImportFrom) and (stmt.module or "").split(".")[0] in local_modules
         if _keep(stmt) and not is_local_import:
-            kept.append(ast.get_source_segment(python, stmt, padded=True) or ast.unparse(stmt))
+            unit.statements.append((stmt, text))
         else:
             unit.dropped += 1
-    unit.kept = "\n".join(kept)
+    unit.kept = "\n".join(text for _, text in unit.statements)
     return None
 
 
@@ -146,50 +190,80 @@ def keep_what_the_model_needs(units: list[CodeUnit]) -> None:
 
     A notebook's other functions (plotting, heatmaps) import matplotlib, pandas or torchvision, which
     costs seconds per submission and serves no check. Without any required class, keep everything,
-    so that load.definitions can say what is missing.
+    so that load.definitions can say what is missing. One pass over a name -> statements index:
+    linear in the size of the code.
     """
-    statements = [(unit, stmt) for unit in units if unit.kept for stmt in parse(unit.kept).body]
-    if not any(isinstance(stmt, ast.ClassDef) and stmt.name in REQUIRED_CLASSES for _, stmt in statements):
+    statements = [stmt for unit in units for stmt, _ in unit.statements]
+    if not any(isinstance(stmt, ast.ClassDef) and stmt.name in REQUIRED_CLASSES for stmt in statements):
         return
-    needed = set(REQUIRED_CLASSES)
+    binders: dict[str, list[int]] = defaultdict(list)
     keep: set[int] = set()
-    changed = True
-    while changed:
-        changed = False
-        for index, (_, stmt) in enumerate(statements):
-            wildcard = isinstance(stmt, ast.ImportFrom) and any(a.name == "*" for a in stmt.names)
-            if index not in keep and (wildcard or _bound_names(stmt) & needed):
+    needed: set[str] = set()
+    pending: list[str] = []
+    for index, stmt in enumerate(statements):
+        if isinstance(stmt, ast.ImportFrom) and any(a.name == "*" for a in stmt.names):
+            keep.add(index)  # a wildcard import may define anything
+        for name in _bound_names(stmt):
+            binders[name].append(index)
+
+    def need(names) -> None:
+        for name in names:
+            if name not in needed:
+                needed.add(name)
+                pending.append(name)
+
+    need(REQUIRED_CLASSES)
+    while pending:
+        for index in binders.get(pending.pop(), ()):
+            if index not in keep:
                 keep.add(index)
-                needed |= _read_names(stmt)
-                changed = True
-    position = 0  # statements are visited in the order they were listed above
+                need(_read_names(statements[index]))
+    position = 0  # statements are numbered in the order they were listed above
     for unit in units:
-        if not unit.kept:
-            continue
         kept = []
-        for stmt in parse(unit.kept).body:
+        for stmt, text in unit.statements:
             if position in keep:
-                kept.append(ast.get_source_segment(unit.kept, stmt, padded=True) or ast.unparse(stmt))
+                kept.append((stmt, text))
             else:
                 unit.dropped += 1
             position += 1
-        unit.kept = "\n".join(kept)
+        unit.statements = kept
+        unit.kept = "\n".join(text for _, text in kept)
 
 
-def extract(units: list[CodeUnit], local_modules: frozenset[str] = frozenset()) -> ExtractedCode:
-    """Filter every unit; warn about unparsable units and classes defined more than once."""
+def extract(units: list[CodeUnit], local_modules: frozenset[str] = frozenset(),
+            deadline: Deadline | None = None) -> ExtractedCode:
+    """Filter every unit; warn about unparsable units and classes defined more than once.
+
+    Refuses code past MAX_CODE_CHARS, MAX_CODE_LINES (both before parsing) or MAX_STATEMENTS
+    (IntakeError), so that the cost stays bounded.
+    """
+    size = sum(len(unit.source) for unit in units)
+    if size > MAX_CODE_CHARS:
+        raise IntakeError(f"the code is {size:,} characters long, over the limit of {MAX_CODE_CHARS:,}; "
+                          "submit only the notebook of the assignment")
+    lines = sum(unit.source.count("\n") + unit.source.count(";") + 1 for unit in units)
+    if lines > MAX_CODE_LINES:
+        raise IntakeError(f"the code has {lines:,} lines, over the limit of {MAX_CODE_LINES:,}; "
+                          "submit only the notebook of the assignment")
     result = ExtractedCode(units=units)
+    statements = 0
     for unit in units:
+        if deadline:
+            deadline.check(unit.origin)
         warning = filter_unit(unit, local_modules)
         if warning:
             result.warnings.append(warning)
+        statements += len(unit.statements) + unit.dropped
+        if statements > MAX_STATEMENTS:
+            raise IntakeError(f"the code has more than {MAX_STATEMENTS:,} top-level statements (at {unit.origin}); "
+                              "a ViT notebook has about a hundred")
     keep_what_the_model_needs(units)
     origins: dict[str, list[str]] = defaultdict(list)
     for unit in units:
-        if unit.kept:
-            for node in parse(unit.kept).body:
-                if isinstance(node, ast.ClassDef):
-                    origins[node.name].append(unit.origin)
+        for node, _ in unit.statements:
+            if isinstance(node, ast.ClassDef):
+                origins[node.name].append(unit.origin)
     for name, where in origins.items():
         if len(where) > 1:
             result.warnings.append(

@@ -9,20 +9,18 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grader.intake.budget import MAX_FOLDER_FILES, Deadline, IntakeError
 from grader.intake.code import REQUIRED_CLASSES, CodeUnit
-from grader.intake.pictures import MAX_PICTURES, AnswerPictures, extract_pictures, output_pictures
+from grader.intake.pictures import MAX_PICTURES, AnswerPictures, PictureBudget, extract_pictures, output_pictures
 
 MAX_FILE_BYTES = 50 * 1024**2  # a notebook with many plots stays well below this
 MAX_ZIP_TOTAL_BYTES = 200 * 1024**2
-MAX_ZIP_MEMBERS = 2000
+MAX_ZIP_MEMBERS = MAX_FOLDER_FILES
+MAX_ANSWER_CHARS = 100_000  # per answer cell, pictures taken out; the report and the TA sheet show it
 MAX_ZIP_RATIO = 200  # uncompressed / compressed; text compresses ~5-10x, bombs 1000x+
 # Answer cells are tagged task1..task3, optionally with a part ("task1-diagram"); the tag names picture files.
 ANSWER_TAG = re.compile(r"task[123](-[a-z0-9][a-z0-9-]{0,40})?")
 IGNORED_PARTS = {"__MACOSX", ".ipynb_checkpoints", "__pycache__", ".git"}
-
-
-class IntakeError(Exception):
-    """The submission cannot be read; the message is shown to the student as is."""
 
 
 @dataclass
@@ -50,36 +48,51 @@ def read_text(path: Path) -> str:
         raise IntakeError(f"{path.name} is not UTF-8 text (byte {exc.start})") from None
 
 
-def read_notebook(path: Path, root: Path | None = None) -> SourceFiles:
+def read_notebook(path: Path, root: Path | None = None, deadline: Deadline | None = None) -> SourceFiles:
     """Code cells and tagged answers; `root` is the submission's folder when the notebook came in one
     (pictures the answers show from files must lie inside it)."""
     import nbformat  # imported here: only notebooks need it, and `vitgrade bench/train` start faster without it
 
+    deadline = deadline or Deadline()
     text = read_text(path)
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise IntakeError(f"{path.name} is not a valid notebook: JSON error at line {exc.lineno}, column {exc.colno}") from None
+    except (RecursionError, MemoryError):
+        raise IntakeError(f"{path.name} is not a readable notebook: its JSON is nested too deeply") from None
     if not isinstance(raw, dict) or "cells" not in raw and "worksheets" not in raw:
         raise IntakeError(f"{path.name} is JSON but not a Jupyter notebook (no cells)")
     try:
         nb = nbformat.reads(text, as_version=4)  # upgrades nbformat 3 notebooks
     except Exception as exc:  # nbformat raises several types for malformed notebooks
-        raise IntakeError(f"{path.name} is not a readable notebook: {exc}") from None
+        raise IntakeError(f"{path.name} is not a readable notebook: {type(exc).__name__}: {str(exc)[:300]}") from None
     found = SourceFiles(files=[path.name])
     try:
         nbformat.validate(nb)
     except nbformat.ValidationError as exc:
-        found.warnings.append(f"{path.name} does not fully follow the notebook format ({exc.message}); read anyway")
+        found.warnings.append(f"{path.name} does not fully follow the notebook format ({exc.message[:300]}); "
+                              "read anyway")
+    pictures = PictureBudget(deadline)
     for index, cell in enumerate(nb.cells, start=1):
+        deadline.check(f"cell {index}")
         source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else str(source)
-        tags = cell.get("metadata", {}).get("tags", []) or []
-        tags = [t for t in tags if isinstance(t, str) and ANSWER_TAG.fullmatch(t)]
-        if tags and cell.get("cell_type") == "code":
-            _add_answer(found, tags, output_pictures(source, cell.get("outputs")))
-        elif tags:
-            _add_answer(found, tags, extract_pictures(source, cell.get("attachments"), path.parent, root))
+        source = "".join(map(str, source)) if isinstance(source, list) else str(source)
+        metadata = cell.get("metadata")
+        tags = metadata.get("tags", []) if isinstance(metadata, dict) else []
+        tags = [t for t in tags if isinstance(t, str) and ANSWER_TAG.fullmatch(t)] if isinstance(tags, list) else []
+        if tags:
+            # Decode no more pictures than the answers this cell belongs to still have room for.
+            room = min(MAX_PICTURES - len(found.answer_pictures.get(t, [])) for t in [t for t in tags if "-" in t] or tags)
+            if cell.get("cell_type") == "code":
+                answer = output_pictures(source, cell.get("outputs"), pictures, room)
+            else:
+                answer = extract_pictures(source, cell.get("attachments"), path.parent, root, pictures, room)
+            if len(answer.text) > MAX_ANSWER_CHARS:
+                answer.warnings.append(f"the answer is {len(answer.text):,} characters long; only the first "
+                                       f"{MAX_ANSWER_CHARS:,} are kept")
+                answer.text = answer.text[:MAX_ANSWER_CHARS]
+            _add_answer(found, tags, answer)
         if cell.get("cell_type") == "code" and source.strip():
             found.units.append(CodeUnit(origin=f"{path.name} cell {index}", source=source))
     if not found.units:
@@ -122,6 +135,19 @@ def read_python(path: Path) -> SourceFiles:
 
 
 def extract_zip(archive: Path, into: Path) -> Path:
+    """Extract `archive` below `into`; every failure is an IntakeError (see _extract_zip)."""
+    try:
+        return _extract_zip(archive, into)
+    except IntakeError:
+        raise
+    except (RuntimeError, NotImplementedError) as exc:  # zipfile's words for encrypted / unsupported members
+        raise IntakeError(f"{archive.name}: cannot unpack it ({exc}); submit a zip without a password, "
+                          "made by your system's own zip tool") from None
+    except Exception as exc:  # a malformed archive can make zipfile raise ValueError, struct.error, ...
+        raise IntakeError(f"{archive.name} is not a readable zip archive ({type(exc).__name__}: {exc})") from None
+
+
+def _extract_zip(archive: Path, into: Path) -> Path:
     """Extract `archive` below `into`, refusing traversal, links, bombs and oversize archives."""
     try:
         zf = zipfile.ZipFile(archive)
@@ -175,7 +201,7 @@ def _score_notebook(path: Path) -> tuple[int, float, str]:
     return defined, path.stat().st_mtime, path.name
 
 
-def read_folder(folder: Path) -> SourceFiles:
+def read_folder(folder: Path, deadline: Deadline | None = None) -> SourceFiles:
     """Pick the submission inside a folder (documented in the README's intake section).
 
     One notebook: that one. Several: the one defining the most required classes, then the newest;
@@ -184,7 +210,18 @@ def read_folder(folder: Path) -> SourceFiles:
     warnings: list[str] = []
     notebooks: list[Path] = []
     scripts: list[Path] = []
-    for path in sorted(folder.rglob("*")):
+    deadline = deadline or Deadline()
+    entries, total = [], 0
+    for path in folder.rglob("*"):  # the same limits as a zip: a folder is often an unpacked one
+        entries.append(path)
+        total += path.lstat().st_size if path.is_file() else 0
+        if len(entries) > MAX_FOLDER_FILES:
+            raise IntakeError(f"{folder.name} holds more than {MAX_FOLDER_FILES} files and folders; submit only "
+                              "the notebook (and the pictures it shows)")
+        if total > MAX_ZIP_TOTAL_BYTES:
+            raise IntakeError(f"{folder.name} holds more than {MAX_ZIP_TOTAL_BYTES // 1024**2} MB of files; submit "
+                              "only the notebook (and the pictures it shows)")
+    for path in sorted(entries):
         relative = path.relative_to(folder)
         if IGNORED_PARTS & set(relative.parts) or any(p.startswith("._") for p in relative.parts):
             continue
@@ -196,6 +233,7 @@ def read_folder(folder: Path) -> SourceFiles:
         elif path.suffix.lower() == ".py" and path.is_file():
             scripts.append(path)
     if notebooks:
+        deadline.check("choosing the notebook")
         chosen = max(notebooks, key=_score_notebook)
         if len(notebooks) > 1:
             others = ", ".join(str(p.relative_to(folder)) for p in notebooks if p != chosen)
@@ -203,7 +241,7 @@ def read_folder(folder: Path) -> SourceFiles:
                 f"{len(notebooks)} notebooks found; graded {chosen.relative_to(folder)} (defines the most "
                 f"required classes, then newest); ignored: {others}"
             )
-        found = read_notebook(chosen, root=folder)
+        found = read_notebook(chosen, root=folder, deadline=deadline)
     elif scripts:
         found = SourceFiles(local_modules=frozenset(p.stem for p in scripts))
         for script in scripts:
