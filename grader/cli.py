@@ -49,7 +49,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from grader.batch import BatchOptions, grade_batch
 
     options = BatchOptions(
-        out=args.out, rubric=_rubric(args), roster=args.roster, workers=args.workers, accuracy=args.accuracy,
+        out=args.out, rubric=_rubric(args) if args.rubric else None, roster=args.roster, workers=args.workers, accuracy=args.accuracy,
         timeout=args.timeout, resume=args.resume, manual=args.manual, gradescope=args.gradescope,
         isolation=args.isolation, id_pattern=args.id_pattern, data_dir=args.data_dir, progress=not args.quiet,
     )
@@ -64,7 +64,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(summary.describe())
-    return 0
+    return summary.return_code
 
 
 def cmd_data(args: argparse.Namespace) -> int:

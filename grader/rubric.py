@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,23 @@ class Rubric:
 
     def enabled(self, check_id: str) -> bool:
         return check_id in self.points
+
+    @property
+    def verdict_digest(self) -> str:
+        """Every setting that can change a check's verdict, and which checks run; not points, comments or
+        [meta]. A report whose verdict digest still matches needs no sandbox run, only rescoring."""
+        return _digest({"checks": sorted(self.points), "tolerances": {k: asdict(v) for k, v in self.tolerances.items()},
+                        "forbidden": [self.forbidden_modules, self.forbidden_apis], "limits": self.limits,
+                        "accuracy": self.accuracy, "tasks": self.tasks})
+
+    @property
+    def points_digest(self) -> str:
+        """The points of each check: a change re-scores the stored reports."""
+        return _digest(self.points)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _require(condition: bool, where: str, message: str) -> None:

@@ -169,7 +169,8 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     out = tmp_path / "out"
     assert main(["grade", str(submissions), "--out", str(out), "--accuracy", "off", "--quiet"]) == 0
     sheet = pd.read_csv(out / "ta_sheet.csv", dtype=str, keep_default_na=False)
-    assert list(sheet.columns) == ["student_id", "check_id", "points", "comment", "max_points", "answer", "pictures"]
+    assert list(sheet.columns) == ["student_id", "check_id", "points", "comment", "max_points", "state", "answer",
+                                   "pictures"]
     assert sorted(sheet.check_id) == sorted(MANUAL_TASKS) and set(sheet.student_id) == {"s0001"}
     assert "クラストークン" in sheet.set_index("check_id").loc["task1.diagram", "answer"]
     html = (out / "ta_sheet.html").read_text(encoding="utf-8")
@@ -182,8 +183,9 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     report = json.loads((out / "students/s0001/report.json").read_text())
     diagram = next(c for c in report["checks"] if c["id"] == "task1.diagram")
     assert diagram["points"] == 3.5 and "arrows missing" in diagram["message"]
-    remaining = pd.read_csv(out / "ta_sheet.csv", dtype=str)
-    assert sorted(remaining.check_id) == ["task2.explanation", "task3.answer"]  # graded rows leave the sheet
+    again = pd.read_csv(out / "ta_sheet.csv", dtype=str, keep_default_na=False).set_index("check_id")
+    assert sorted(again.index) == sorted(MANUAL_TASKS)  # graded rows stay, with their points: the TA's record
+    assert list(again.loc["task1.diagram", ["points", "comment", "state"]]) == ["3.5", "arrows missing", "graded"]
     assert "2 written answers await a TA" in (out / "summary.html").read_text(encoding="utf-8")
 
 
