@@ -58,9 +58,16 @@ or run the notebook's self-check cell.
 def student_rubric(text: str) -> str:
     """The rubric without the answer keys, its comments kept (they explain the checks to students too)."""
     rubric = tomlkit.parse(text)
+    left_out = {}
     for section, key in ANSWER_KEYS:
         if key in rubric.get(section, {}):
+            if section == "points":
+                left_out[key] = rubric[section][key]
             del rubric[section][key]
+    if left_out:  # so the self-check can say what the instructor grades later, and the total
+        if "meta" not in rubric:
+            rubric["meta"] = tomlkit.table()
+        rubric["meta"]["instructor_only"] = left_out
     return "# The course rubric without the answer keys that stay with the instructor.\n" + tomlkit.dumps(rubric)
 
 

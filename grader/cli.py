@@ -27,15 +27,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from grader.grading import grade_submission
     from grader.render.junit import render_junit
+    from grader.render.student import notebook_language, outline
     from grader.render.text import render_table
     from grader.report import write_atomic
+    from grader.rubric import instructor_only
 
     path = Path(args.submission)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
-    report = grade_submission(path, rubric=_rubric(args), student_id=args.student, isolation=args.isolation,
+    rubric = _rubric(args)
+    report = grade_submission(path, rubric=rubric, student_id=args.student, isolation=args.isolation,
                               accuracy=args.accuracy, data_dir=args.data_dir)
-    print(render_table(report))
+    lang = args.lang or notebook_language(path)
+    print(render_table(report, lang=lang, outline=outline(report, instructor_only(rubric), lang)))
     if args.json:
         write_atomic(args.json, report.to_json())
     if args.junit:
@@ -209,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=Path, help="also write report.json here")
     check.add_argument("--junit", type=Path, help="also write JUnit XML here (for CI)")
     check.add_argument("--student", help="student id for the report (default: from the file name)")
+    check.add_argument("--lang", choices=["en", "ja"],
+                       help="language of the table (default: the handout notebook's, else English)")
     _add_common(check)
     check.set_defaults(func=cmd_check)
 

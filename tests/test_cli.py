@@ -162,3 +162,26 @@ def test_grade_usage_errors(tmp_path):
     assert result.returncode == 2 and "holds no submissions" in result.stderr
     result = vitgrade("grade", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_a_zip_in_a_moodle_submission_folder_is_read_as_in_canvas_layout(tmp_path):
+    """Moodle delivers each upload in a folder per student; a zip handed in arrives as a zip in that folder."""
+    import zipfile
+
+    from grader.intake import load_submission
+
+    notebook = EXAMPLES / "s2001_softmax_axis.ipynb"
+    archive = tmp_path / "canvas" / "doejane_123_456_submission.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(notebook, "my_vit/vit.ipynb")
+        zf.writestr("my_vit/diagram.png", b"\x89PNG not really")
+    moodle = tmp_path / "Jane Doe_123_assignsubmission_file_"
+    moodle.mkdir()
+    shutil.copy(archive, moodle / "submission.zip")
+    from_canvas, from_moodle = load_submission(archive), load_submission(moodle)
+    assert from_moodle.code == from_canvas.code and from_moodle.answers == from_canvas.answers
+    assert from_moodle.files == ["submission.zip/vit.ipynb"]
+    (moodle / "old.zip").write_bytes(archive.read_bytes())
+    os.utime(moodle / "old.zip", (0, 0))
+    assert "ignored: old.zip" in " ".join(load_submission(moodle).warnings)

@@ -233,3 +233,13 @@ def test_console_lists_errors_and_counts_missing_students_on_reruns(tmp_path):
         text = summary.describe()
         assert summary.missing == ["NA", "frank"] and "2 missing" in text
         assert "1 error(s)" in text and "s3: s3.zip is not a readable zip archive" in text
+
+
+def test_summary_pass_rate_counts_ta_graded_answers(tmp_path):
+    for student in ("s1", "s2"):
+        write_student(tmp_path, _report(student))
+    merge_manual(tmp_path, _sheet(tmp_path / "ta.csv", "s1,task1.diagram,4,", "s2,task1.diagram,2,"))
+    write_summary(tmp_path, [], None, load_rubric())
+    summary = (tmp_path / "summary.html").read_text(encoding="utf-8")
+    assert "<code>task1.diagram</code></td><td class=\"num\">75 %" in summary
+    assert "task3.answer</code></td>" not in summary  # nobody graded it yet: no rate, not 0 %
