@@ -185,3 +185,18 @@ def test_a_zip_in_a_moodle_submission_folder_is_read_as_in_canvas_layout(tmp_pat
     (moodle / "old.zip").write_bytes(archive.read_bytes())
     os.utime(moodle / "old.zip", (0, 0))
     assert "ignored: old.zip" in " ".join(load_submission(moodle).warnings)
+
+
+def test_grade_refuses_a_bad_roster_or_ta_sheet_before_grading_anyone(batch_dir, tmp_path):
+    out = tmp_path / "out"
+    result = vitgrade("grade", str(batch_dir), "--out", str(out), "--roster", str(tmp_path / "rooster.csv"))
+    assert result.returncode == 2 and "rooster.csv: no such file" in result.stderr
+    sheet = tmp_path / "ta.csv"
+    sheet.write_text("student_id,check_id,points,comment\nalice,task1.diagramm,3,\nalice,task3.answer,60,\n"
+                     "mallory,task3.answer,1,\n", encoding="utf-8")
+    result = vitgrade("grade", str(batch_dir), "--out", str(out), "--manual", str(sheet))
+    assert result.returncode == 2 and "3 problem(s); nothing was graded" in result.stderr
+    for words in ("'task1.diagramm' is not a check a TA grades", "60 points is above the maximum 6",
+                  "unknown student 'mallory'"):
+        assert words in result.stderr
+    assert not (out / "students").exists()

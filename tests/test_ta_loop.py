@@ -243,3 +243,16 @@ def test_summary_pass_rate_counts_ta_graded_answers(tmp_path):
     summary = (tmp_path / "summary.html").read_text(encoding="utf-8")
     assert "<code>task1.diagram</code></td><td class=\"num\">75 %" in summary
     assert "task3.answer</code></td>" not in summary  # nobody graded it yet: no rate, not 0 %
+
+
+def test_a_sheet_row_that_cannot_be_applied_makes_the_batch_exit_1(tmp_path):
+    submissions, out = _graded_folder(tmp_path, DEFAULT_RUBRIC)
+    report = load_report(out / "students/s1/report.json", pictures=True)
+    unanswered = report.check("task3.answer")
+    unanswered.status, unanswered.points, unanswered.message = "failed", 0.0, "not answered yet"
+    write_student(out, report)
+    sheet = _sheet(tmp_path / "late.csv", "s1,task3.answer,5,")
+    summary = grade_batch([submissions], BatchOptions(out=out, manual=sheet, accuracy="off", progress=False),
+                          executor=_no_grading)
+    assert summary.return_code == 1 and "'failed' (not awaiting a TA)" in summary.describe()
+    assert _read(out)["score"] == 6.0  # load.code 2 + the diagram's 4 merged earlier; nothing else changed
