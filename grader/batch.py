@@ -19,7 +19,7 @@ from grader.intake.naming import student_id_from_name
 from grader.manual import apply_scores, load_scores, merge_manual, read_sheet
 from grader.output import student_dir, write_student
 from grader.report import Report, load_report, write_atomic
-from grader.rubric import Rubric, load_rubric
+from grader.rubric import Rubric, RubricError, load_rubric
 
 SUBMISSION_SUFFIXES = {".ipynb", ".py", ".zip"}
 LOCK_NAME = ".vitgrade.lock"
@@ -196,6 +196,20 @@ def resolve_rubric(out: Path, given: Rubric | None) -> tuple[Rubric, list[str]]:
     return rubric, []
 
 
+def _remember_rubric(out: Path, rubric: Rubric) -> None:
+    """Keep the rubric file beside the reports, unless it is that file already or the Rubric object was changed
+    after loading (a Python caller's in-memory rubric, which no file describes)."""
+    copy = out / RUBRIC_COPY
+    if rubric.path.resolve() == copy.resolve():
+        return
+    try:
+        on_disk = load_rubric(rubric.path)
+    except RubricError:
+        return
+    if (on_disk.verdict_digest, on_disk.points_digest) == (rubric.verdict_digest, rubric.points_digest):
+        write_atomic(copy, rubric.path.read_bytes())
+
+
 def check_inputs(options: BatchOptions, rubric: Rubric, entries: list[Entry]) -> None:
     """Refuse bad input (roster, TA sheet, stored TA scores) before grading anyone: ValueError."""
     roster = read_roster(options.roster) if options.roster else []
@@ -281,8 +295,7 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
     check_inputs(options, rubric, entries)
     summary = BatchSummary(out=out, notes=notes + found)
     with OutputLock(out):
-        if rubric.path.resolve() != (out / RUBRIC_COPY).resolve():
-            write_atomic(out / RUBRIC_COPY, rubric.path.read_bytes())
+        _remember_rubric(out, rubric)
         scores = load_scores(out)
         todo = []
         regraded_for_rubric = 0

@@ -10,7 +10,7 @@ import pandas as pd
 from grader.intake import IntakeError, load_submission
 from grader.intake.naming import safe_id
 from grader.manual import write_ta_sheet
-from grader.output import student_dir
+from grader.output import write_student
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric
 from grader.spreadsheet import read_text_csv, to_safe_csv
@@ -75,7 +75,7 @@ def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric)
         if sid in have_missing:  # from an earlier run: still missing
             continue
         report = Report.failure(sid, "", "no submission received", status="missing")
-        write_atomic(student_dir(out, sid) / "report.json", report.to_json())
+        write_student(out, report)
         reports.append(report)
     check_ids = list(rubric.points)
     frame = gradebook_frame(reports, check_ids)

@@ -246,9 +246,9 @@ def _keep_unmerged_entries(path: Path, rows: list[dict]) -> list[str]:
     if not path.exists():
         return []
     try:
-        old, _ = read_sheet(path)
+        old, problems = read_sheet(path)
     except ValueError:
-        old = None
+        old, problems = None, ["unreadable"]
     by_key = {(row["student_id"], row["check_id"]): row for row in rows}
     carried, orphans = 0, 0
     for entry in old or []:
@@ -266,10 +266,11 @@ def _keep_unmerged_entries(path: Path, rows: list[dict]) -> list[str]:
     if carried:
         notes.append(f"{path.name}: {carried} TA entr{'y' if carried == 1 else 'ies'} typed into the sheet but not "
                      f"merged were kept; merge them with --manual {path}")
-    if old is None or orphans or len(rows) < len(old):
+    if problems or orphans or len(rows) < len(old or []):  # entries that cannot be carried: keep the whole file
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         backup = path.with_name(f"ta_sheet.backup-{stamp}.csv")
         write_atomic(backup, path.read_bytes())
-        notes.append(f"{path.name}: the old sheet had {'entries with no row in the new one' if orphans else 'more rows'}"
-                     f"; it is kept as {backup.name}")
+        why = ("rows that cannot be read" if problems else "entries with no row in the new one" if orphans
+               else "more rows")
+        notes.append(f"{path.name}: the old sheet had {why}; it is kept as {backup.name}")
     return notes
