@@ -256,3 +256,26 @@ def test_a_sheet_row_that_cannot_be_applied_makes_the_batch_exit_1(tmp_path):
                           executor=_no_grading)
     assert summary.return_code == 1 and "'failed' (not awaiting a TA)" in summary.describe()
     assert _read(out)["score"] == 6.0  # load.code 2 + the diagram's 4 merged earlier; nothing else changed
+
+
+def test_a_rubric_change_regrades_and_reapplies_the_ta_scores(tmp_path):
+    submissions, out = _graded_folder(tmp_path, DEFAULT_RUBRIC)
+    stricter = tmp_path / "stricter.toml"
+    stricter.write_text(DEFAULT_RUBRIC.read_text(encoding="utf-8").replace("float64 = { rtol = 1e-6",
+                                                                             "float64 = { rtol = 1e-7"))
+    rubric = load_rubric(stricter)
+    regraded: list[str] = []
+
+    def fresh_reports(entries, grade, done, workers):  # what grading returns: no TA points in it
+        for entry in entries:
+            regraded.append(entry.student_id)
+            done(_report(entry.student_id, fingerprint=fingerprint(entry.path, rubric, "off")))
+
+    summary = grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="off", progress=False),
+                          executor=fresh_reports)
+    assert regraded == ["s1"] and "regraded because the rubric changed" in summary.describe()
+    report = _read(out)
+    assert next(c for c in report["checks"] if c["id"] == "task1.diagram")["points"] == 4.0
+    assert json.loads((student_dir(out, "s1") / "results.json").read_text())["score"] == report["score"] == 6.0
+    sheet = pd.read_csv(out / "ta_sheet.csv", dtype=str, keep_default_na=False).set_index("check_id")
+    assert sheet.loc["task1.diagram", "points"] == "4" and sheet.loc["task3.answer", "state"] == "awaiting"
