@@ -16,7 +16,7 @@ from tqdm import tqdm
 from grader.gradebook import read_roster, write_summary
 from grader.grading import fingerprint, grade_submission, rescore
 from grader.intake.naming import student_id_from_name
-from grader.manual import apply_scores, load_scores, merge_manual, read_sheet
+from grader.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
 from grader.output import student_dir, write_student
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric, RubricError, load_rubric
@@ -157,7 +157,7 @@ def stored_report(out: Path, entry: Entry, expected: dict[str, str]) -> tuple[st
     return "", None
 
 
-def _refresh(out: Path, report: Report, scores, gradescope: bool) -> None:
+def _refresh(out: Path, report: Report, scores: Scores, gradescope: bool) -> None:
     """Rewrite an up-to-date student's outputs when they lag behind: TA scores recorded but not in the report
     (a merge that was interrupted), or a results.json asked for that is not there yet."""
     folder = student_dir(out, report.student)
@@ -336,8 +336,8 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
                 merged = merge_manual(out, options.manual, options.gradescope)
                 summary.notes += merged.notes
                 summary.problems += merged.problems
-            state = write_summary(out, entries, options.roster, rubric)
-            summary.missing = state.missing
-            summary.notes += state.notes
-            summary.errors = [r for r in state.reports if r.status == "error"]
+            written = write_summary(out, entries, options.roster, rubric)
+            summary.missing = written.missing
+            summary.notes += written.notes
+            summary.errors = [r for r in written.reports if r.status == "error"]
     return summary
