@@ -85,21 +85,18 @@ def read_notebook(path: Path, root: Path | None = None) -> SourceFiles:
         if cell.get("cell_type") == "code":
             code_cells += 1
             if source.strip():
-                found.units.append(CodeUnit(origin=code_cell_name(path.name, code_cells, cell, source), source=source))
+                found.units.append(CodeUnit(origin=code_cell_name(path.name, code_cells, cell), source=source))
     if not found.units:
         raise IntakeError(f"{path.name} has no code cells")
     return found
 
 
-def code_cell_name(notebook: str, number: int, cell: dict, source: str) -> str:
-    """How a student finds a code cell: its number among the code cells (markdown cells do not count), the
-    `In [n]` Jupyter shows beside it when it ran, and its first line."""
+def code_cell_name(notebook: str, number: int, cell: dict) -> str:
+    """How a student finds a code cell: its number among the code cells (markdown cells do not count), and the
+    `In [n]` Jupyter shows beside it when it ran."""
     count = cell.get("execution_count")
-    ran = f" In [{count}]" if isinstance(count, int) and not isinstance(count, bool) else ""
-    first = next((line.strip() for line in source.splitlines() if line.strip()), "")
-    first = "".join(ch for ch in first if ch.isprintable() and ch != "`")
-    first = first if len(first) <= 40 else first[:39] + "…"
-    return f"{notebook} code cell {number}{ran} `{first}`"
+    ran = f" (In [{count}])" if isinstance(count, int) and not isinstance(count, bool) else ""
+    return f"{notebook} code cell {number}{ran}"
 
 
 def _add_answer(found: SourceFiles, tags: list[str], answer: AnswerPictures) -> None:
