@@ -104,6 +104,7 @@ class SheetRow:
     check: str
     points: float | None
     comment: str
+    state: str = ""  # as written by write_ta_sheet; "graded" rows are the record of a merged score
 
 
 @dataclass
@@ -149,7 +150,7 @@ def read_sheet(csv_path: Path, rubric=None, students: set[str] | None = None) ->
                 problems.append(f"{where}: unknown student {row['student_id']!r} (no submission, report or "
                                 "roster entry)")
                 continue
-        rows.append(SheetRow(line, student, check, points, row.get("comment", "").strip()))
+        rows.append(SheetRow(line, student, check, points, row.get("comment", "").strip(), row.get("state", "").strip()))
     return rows, problems
 
 
@@ -185,8 +186,10 @@ def merge_manual(out: Path, csv_path: Path, gradescope: bool = False) -> MergeRe
             result.problems.append(f"{where}: {row.points:g} points is above the maximum {check.max_points:g} of "
                                    f"{row.check}")
             continue
-        score = TAScore(row.points, row.comment, answer_digest(report, check), check.max_points, now)
         previous = scores.get((row.student, row.check))
+        if row.state == "graded" and previous and (previous.points, previous.comment) == (row.points, row.comment):
+            continue  # the sheet's record of a merged score (from an older sheet, its answer may have changed since)
+        score = TAScore(row.points, row.comment, answer_digest(report, check), check.max_points, now)
         if previous is None or (previous.points, previous.comment, previous.answer_digest) != (
                 score.points, score.comment, score.answer_digest):
             scores[(row.student, row.check)] = score

@@ -85,6 +85,14 @@ def test_ta_scores_survive_a_regrade_and_a_changed_answer_is_flagged(tmp_path):
     assert diagram.details["ta_previous"]["points"] == 3  # shown, not lost
     assert resubmitted.check("task3.answer").points == 5  # that answer did not change
     assert load_scores(tmp_path) == scores  # the record stays until a TA grades the new answer
+    # Merging an old copy of the sheet again does not pin the old points on the new answer.
+    write_student(tmp_path, resubmitted)
+    write_ta_sheet(tmp_path, [regraded])  # the sheet while the old answer was graded
+    shutil.copy(tmp_path / "ta_sheet.csv", tmp_path / "old_sheet.csv")
+    assert "s1,task1.diagram,3,good" in (tmp_path / "old_sheet.csv").read_text()
+    write_ta_sheet(tmp_path, [resubmitted])
+    assert merge_manual(tmp_path, tmp_path / "old_sheet.csv").problems == []
+    assert _read(tmp_path)["checks"][2]["points"] is None and load_scores(tmp_path) == scores
 
 
 def test_the_ta_sheet_keeps_graded_rows_and_entries_typed_but_not_merged(tmp_path):
