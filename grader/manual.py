@@ -267,8 +267,9 @@ def _keep_unmerged_entries(path: Path, rows: list[dict]) -> list[str]:
             carried += 1
     notes = []
     if carried:
-        notes.append(f"{path.name}: {carried} TA entr{'y' if carried == 1 else 'ies'} typed into the sheet but not "
-                     f"merged were kept; merge them with --manual {path}")
+        entries = "1 TA entry" if carried == 1 else f"{carried} TA entries"
+        notes.append(f"{path.name}: {entries} typed into the sheet but not merged {'was' if carried == 1 else 'were'} "
+                     f"kept; merge with --manual {path}")
     if problems or orphans or len(rows) < len(old or []):  # entries that cannot be carried: keep the whole file
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         backup = path.with_name(f"ta_sheet.backup-{stamp}.csv")
