@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import shutil
 import textwrap
+import unicodedata
 
 from grader.report import Report
 
 SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP", "manual": "MANUAL"}
+
+
+def _padding(text: str, width: int) -> str:
+    """The spaces that fill `text` to `width` terminal columns: CJK characters take two (Japanese labels line up)."""
+    return " " * max(0, width - sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text))
 
 
 def points_text(points: float | None, max_points: float) -> str:
@@ -28,11 +34,14 @@ def render_table(report: Report, width: int | None = None, lang: str = "en",
         return "\n".join(lines)
     id_width = max((len(c.id) for c in report.checks), default=10) + 2
     message_width = max(30, width - id_width - 8 - 10)
-    lines.append(f"{words['check']:<{id_width}}{words['status']:<8}{words['points']:>8}  {words['message']}")
+    heading = [words["check"], words["status"], words["points"]]
+    lines.append(f"{heading[0]}{_padding(heading[0], id_width)}{heading[1]}{_padding(heading[1], 8)}"
+                 f"{_padding(heading[2], 8)}{heading[2]}  {words['message']}")
     lines.append("-" * min(width, id_width + 18 + message_width))
     for check in report.checks:
         message = textwrap.wrap(check.message, message_width) or [""]
-        lines.append(f"{check.id:<{id_width}}{labels[check.status]:<8}{points_text(check.points, check.max_points):>8}"
+        label = labels[check.status]
+        lines.append(f"{check.id:<{id_width}}{label}{_padding(label, 8)}{points_text(check.points, check.max_points):>8}"
                      f"  {message[0]}")
         lines += [" " * (id_width + 18) + more for more in message[1:]]
     lines.append("-" * min(width, id_width + 18 + message_width))
