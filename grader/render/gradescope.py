@@ -25,12 +25,10 @@ def render_gradescope(report: Report) -> str:
             continue  # counts in neither score nor max score, as in report.json
         test = {"name": check.title, "number": check.id, "max_score": check.max_points,
                 "output": f"[{check.status}] {check.message}", "visibility": VISIBILITY}
-        if check.status == "manual":
-            if check.points is None:
-                test["output"] = f"[awaiting a TA] {check.message}"
-            else:
+        if check.status == "manual":  # the message says "awaiting a TA" or "graded by a TA: ..."
+            test["output"] = check.message
+            if check.points is not None:
                 test["score"] = check.points
-                test["output"] = f"[graded by a TA] {check.message}"
         else:
             test["status"] = "passed" if check.status == "passed" else "failed"
             test["score"] = check.points or 0.0
