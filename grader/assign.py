@@ -99,8 +99,9 @@ class Built:
 
 
 def assign(out: Path, languages: tuple[str, ...] = LANGUAGES) -> Built:
-    """Write student/ (notebooks + the self-check bundle) and instructor/ (solutions + rubric) under `out`."""
-    from grader.bundle import write_bundle
+    """Write student/ (notebooks, the self-check bundle as a folder and as one wheel) and instructor/ (solutions +
+    rubric) under `out`."""
+    from grader.bundle import write_bundle, write_wheel
 
     built = Built()
     student, instructor = out / "student", out / "instructor"
@@ -114,5 +115,6 @@ def assign(out: Path, languages: tuple[str, ...] = LANGUAGES) -> Built:
     rubric = instructor / "rubric.toml"
     shutil.copyfile(assignment_dir() / "rubric.toml", rubric)
     built.files.append(rubric)
-    built.files.append(write_bundle(student / "vitgrade_student"))
+    bundle = write_bundle(student / "vitgrade_student")
+    built.files += [bundle, write_wheel(bundle, student)]
     return built

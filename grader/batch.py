@@ -12,27 +12,26 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from grader.gradebook import write_summary
-from grader.grading import fingerprint, grade_submission, worker_limits
+from grader.gradebook import read_roster, write_summary
+from grader.grading import fingerprint, grade_submission, rescore, worker_limits
 from grader.intake.naming import safe_id, student_id_from_name
-from grader.render.gradescope import render_gradescope
-from grader.render.html import render_html
-from grader.render.markdown import render_markdown
-from grader.render.safe import clean_report, clean_text
+from grader.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
+from grader.output import student_dir, write_student, write_student_safely
+from grader.render.safe import clean_text
 from grader.report import Report, load_report, write_atomic
-from grader.rubric import Rubric, load_rubric
+from grader.rubric import Rubric, RubricError, load_rubric
 from grader.sandbox.preflight import GraderBroken, require_preflight
 
 SUBMISSION_SUFFIXES = {".ipynb", ".py", ".zip"}
-CODE_NAME = "code.txt"  # beside report.json: the code that ran, read by the class summary
 LOCK_NAME = ".vitgrade.lock"
 MAX_GRADER_FAULTS = 3  # consecutive reports the grader failed on: stop instead of going through the class
+RUBRIC_COPY = "rubric.toml"  # the rubric an output folder was graded with, kept beside the reports
 
 
 @dataclass
 class BatchOptions:
     out: Path
-    rubric: Rubric | None = None
+    rubric: Rubric | None = None  # None: the rubric the folder was graded with, else the bundled one
     roster: Path | None = None
     workers: int = 0
     accuracy: str = "auto"
@@ -58,15 +57,30 @@ class BatchSummary:
     out: Path
     graded: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    rescored: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    errors: list[Report] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # TA sheet rows that could not be applied
     collisions: list[str] = field(default_factory=list)  # submissions that claimed an id already taken
 
     def describe(self) -> str:
-        lines = [f"{len(self.graded)} graded, {len(self.reused)} up to date (resumed), {len(self.missing)} missing "
-                 f"from the roster -> {self.out / 'gradebook.csv'}, {self.out / 'summary.html'}"]
+        lines = [f"{len(self.graded)} graded, {len(self.reused)} up to date (resumed), "
+                 + (f"{len(self.rescored)} re-scored (points changed), " if self.rescored else "")
+                 + f"{len(self.missing)} missing from the roster, {len(self.errors)} error(s) "
+                 f"-> {self.out / 'gradebook.csv'}, {self.out / 'summary.html'}"]
+        for report in self.errors:
+            lines.append(f"  error: {report.student}: {report.error.splitlines()[0] if report.error else '?'}")
+        lines += [f"  TA sheet: {problem}" for problem in self.problems]
         loud = [f"ID COLLISION: {c}" for c in self.collisions]
         return clean_text("\n".join([*self.notes, *loud, *lines]))  # file names may hold undecodable bytes
+
+    @property
+    def return_code(self) -> int:
+        """Exit code of `vitgrade grade`: 0 every submission has a report and every TA sheet row was applied,
+        1 some row of the --manual sheet could not be applied, or two submissions claimed one student id
+        (see the console)."""
+        return 1 if self.problems or self.collisions else 0
 
 
 def discover(paths: list[Path], id_pattern: str | None = None) -> tuple[list[Entry], list[str]]:
@@ -159,53 +173,94 @@ class OutputLock:
             self.handle.close()
 
 
-def student_dir(out: Path, student: str) -> Path:
-    return out / "students" / safe_id(student)
-
-
-def write_student(out: Path, report: Report, gradescope: bool) -> None:
-    """Pictures and renderings first, report.json last: its presence means the student is done."""
-    folder = student_dir(out, report.student)
-    clean_report(report)  # reports from a cluster executor come here without passing grade_submission
-    for stale in folder.glob("*.png"):  # from an earlier grading of this student: not this report's
-        if stale.name not in report.attachments:
-            stale.unlink()
-    for name, png in report.attachments.items():
-        write_atomic(folder / name, png)
-    write_atomic(folder / "report.md", render_markdown(report))
-    write_atomic(folder / "report.html", render_html(report))
-    if gradescope:
-        write_atomic(folder / "results.json", render_gradescope(report))
-    if report.code:
-        write_atomic(folder / CODE_NAME, report.code)
-    else:
-        (folder / CODE_NAME).unlink(missing_ok=True)
-    write_atomic(folder / "report.json", report.to_json())
-
-
-def write_student_safely(out: Path, report: Report, gradescope: bool) -> str | None:
-    """write_student, where a failure becomes that student's error report, never the batch's end;
-    returns a note when even that report could not be written."""
-    try:
-        write_student(out, report, gradescope)
-        return None
-    except Exception as exc:  # whatever the submission made the writing do, the batch goes on
-        problem = f"internal grader error: the report could not be written ({type(exc).__name__}: {exc})"
-    try:
-        write_student(out, Report.failure(report.student, report.submission, problem), gradescope)
-        return None
-    except Exception as exc:  # the failure report itself: noted, the batch goes on
-        return f"{report.student}: no report could be written ({type(exc).__name__}: {exc}); regrade this student"
-
-
-def up_to_date(out: Path, entry: Entry, expected: dict[str, str]) -> bool:
+def stored_report(out: Path, entry: Entry, expected: dict[str, str]) -> tuple[str, Report | None]:
+    """("current", report) when the stored report is up to date, ("points", report) when only the rubric's
+    points changed (re-score it), ("rubric", None) when the rubric changed what it checks, else ("", None).
+    A report the grader failed on ("needs regrade") is never up to date: it is no verdict."""
     path = student_dir(out, entry.student_id) / "report.json"
     try:
         report = load_report(path)
     except (OSError, ValueError, TypeError, KeyError):
-        return False
-    # A grader fault is no verdict: the next run grades that student again.
-    return report.student == entry.student_id and report.fingerprint == expected and not report.needs_regrade
+        return "", None
+    if report.student != entry.student_id or report.needs_regrade:
+        return "", None
+    if report.fingerprint == expected:
+        return "current", report
+    same = {k: v for k, v in report.fingerprint.items() if k != "points"} == {
+        k: v for k, v in expected.items() if k != "points"}
+    if same:
+        return "points", load_report(path, pictures=True)
+    if report.status != "missing" and report.fingerprint.get("submission") == expected["submission"]:
+        return "rubric", None
+    return "", None
+
+
+def _refresh(out: Path, report: Report, scores: Scores, gradescope: bool) -> None:
+    """Rewrite an up-to-date student's outputs when they lag behind: TA scores recorded but not in the report
+    (a merge that was interrupted), or a results.json asked for that is not there yet."""
+    folder = student_dir(out, report.student)
+    if any(student == report.student for student, _ in scores):
+        report = load_report(folder / "report.json", pictures=True)
+        before = report.to_json()
+        apply_scores(report, scores)
+        if report.to_json() != before:
+            write_student(out, report, gradescope)
+            return
+    if gradescope and not (folder / "results.json").exists():
+        write_student(out, load_report(folder / "report.json", pictures=True), gradescope)
+
+
+def resolve_rubric(out: Path, given: Rubric | None) -> tuple[Rubric, list[str]]:
+    """The rubric to grade `out` with: `given`, else the one `out` was graded with (RUBRIC_COPY), else the
+    bundled one; with a loud note whenever it differs from what the folder was graded with."""
+    stored_path = out / RUBRIC_COPY
+    stored = load_rubric(stored_path) if stored_path.is_file() else None
+
+    def same(a: Rubric, b: Rubric) -> bool:
+        return (a.verdict_digest, a.points_digest) == (b.verdict_digest, b.points_digest)
+
+    if given is None and stored is not None:
+        bundled = load_rubric()
+        notes = [] if same(stored, bundled) else [
+            f"NOTE: no --rubric given: grading with the rubric {out} was graded with ({stored_path}), which differs "
+            "from the bundled rubric; pass --rubric to change it"]
+        return stored, notes
+    rubric = given or load_rubric()
+    if stored is not None and not same(stored, rubric):
+        what = "points" if stored.verdict_digest == rubric.verdict_digest else "checks or settings"
+        return rubric, [f"NOTE: the rubric's {what} changed since {out} was last graded ({stored_path} is replaced); "
+                        + ("reports are re-scored without running the submissions again" if what == "points"
+                           else "the affected students are regraded; TA scores are kept and re-applied")]
+    return rubric, []
+
+
+def _remember_rubric(out: Path, rubric: Rubric) -> None:
+    """Keep the rubric file beside the reports, unless it is that file already or the Rubric object was changed
+    after loading (a Python caller's in-memory rubric, which no file describes)."""
+    copy = out / RUBRIC_COPY
+    if rubric.path.resolve() == copy.resolve():
+        return
+    try:
+        on_disk = load_rubric(rubric.path)
+    except RubricError:
+        return
+    if (on_disk.verdict_digest, on_disk.points_digest) == (rubric.verdict_digest, rubric.points_digest):
+        write_atomic(copy, rubric.path.read_bytes())
+
+
+def check_inputs(options: BatchOptions, rubric: Rubric, entries: list[Entry]) -> None:
+    """Refuse bad input (roster, TA sheet, stored TA scores) before grading anyone: ValueError."""
+    roster = read_roster(options.roster) if options.roster else []
+    if options.manual:
+        if not options.manual.is_file():
+            raise ValueError(f"manual scores {options.manual}: no such file")
+        known = {e.student_id for e in entries} | set(roster) | {
+            p.parent.name for p in (options.out / "students").glob("*/report.json")}
+        _, problems = read_sheet(options.manual, rubric, known)
+        if problems:
+            raise ValueError(f"the TA sheet {options.manual} has {len(problems)} problem(s); nothing was graded:\n  "
+                             + "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else ""))
+    load_scores(options.out)
 
 
 def default_workers(accuracy: str) -> int:
@@ -278,19 +333,33 @@ def _fault_text(report: Report) -> str:
 
 def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = local_executor) -> BatchSummary:
     """Grade every submission under `paths` into options.out; see DESIGN.md for the layout."""
-    rubric = options.rubric or load_rubric()
-    entries, notes = discover(paths, options.id_pattern)
     out = options.out
-    summary = BatchSummary(out=out, notes=[n for n in notes if not n.startswith(COLLISION_MARK)],
-                           collisions=[n for n in notes if n.startswith(COLLISION_MARK)])
+    rubric, notes = resolve_rubric(out, options.rubric)
+    entries, found = discover(paths, options.id_pattern)
+    check_inputs(options, rubric, entries)
+    summary = BatchSummary(out=out, notes=notes + [n for n in found if not n.startswith(COLLISION_MARK)],
+                           collisions=[n for n in found if n.startswith(COLLISION_MARK)])
     with OutputLock(out):
+        _remember_rubric(out, rubric)
+        scores = load_scores(out)
         todo = []
+        regraded_for_rubric = 0
         for entry in entries:
             expected = fingerprint(entry.path, rubric, options.accuracy)
-            if options.resume and up_to_date(out, entry, expected):
+            state, stored = stored_report(out, entry, expected) if options.resume else ("", None)
+            if state == "current":
                 summary.reused.append(entry.student_id)
+                _refresh(out, stored, scores, options.gradescope)
+            elif state == "points":
+                summary.notes += apply_scores(rescore(stored, rubric), scores)
+                write_student(out, stored, options.gradescope)
+                summary.rescored.append(entry.student_id)
             else:
+                regraded_for_rubric += state == "rubric"
                 todo.append(entry)
+        if regraded_for_rubric:
+            summary.notes.append(f"NOTE: {regraded_for_rubric} student(s) are regraded because the rubric changed "
+                                 "what it checks since their report")
         workers = max(1, min(options.workers or default_workers(options.accuracy), max(1, len(todo))))
         threads = max(1, (os.cpu_count() or 2) // workers)
         if todo and options.preflight:  # raises GraderBroken before any student report is written
@@ -300,6 +369,7 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not options.progress, file=sys.stderr)
 
         def done(report: Report) -> None:
+            summary.notes.extend(apply_scores(report, scores))  # TA work survives any regrade
             problem = write_student_safely(out, report, options.gradescope)
             if problem:
                 summary.notes.append(problem)
@@ -319,9 +389,12 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         finally:
             bar.close()
             if options.manual:
-                from grader.manual import merge_manual
-
-                summary.notes += merge_manual(out, options.manual)
-            summary.missing = write_summary(out, entries, options.roster, rubric,
-                                            problems=[f"ID COLLISION: {c}" for c in summary.collisions])
+                merged = merge_manual(out, options.manual, options.gradescope)
+                summary.notes += merged.notes
+                summary.problems += merged.problems
+            written = write_summary(out, entries, options.roster, rubric,
+                                    problems=[f"ID COLLISION: {c}" for c in summary.collisions])
+            summary.missing = written.missing
+            summary.notes += written.notes
+            summary.errors = [r for r in written.reports if r.status == "error"]
     return summary

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import tomlkit
@@ -16,6 +20,11 @@ INSTRUCTOR_ONLY = ("reference_expected.py", "assign.py", "bundle.py")
 # Rubric entries that stay with the instructor: the multiple-choice answer key and its check.
 ANSWER_KEYS = (("tasks", "task2_key"), ("points", "task2.choice"))
 
+DEPENDENCIES = ["torch>=2.1", "numpy>=1.24", "nbformat>=5.9", "pandas>=2.0", "matplotlib>=3.7", "pillow>=10.0",
+                "jinja2>=3.1", "tqdm>=4.66", "tomli>=2.0; python_version < '3.11'"]
+DESCRIPTION = "Self-check for the ViT on CIFAR-10 assignment (test vectors; no solution inside)."
+PACKAGES = ("grader", "assignments", "reference")
+
 PYPROJECT = """\
 [build-system]
 requires = ["setuptools>=68"]
@@ -24,10 +33,9 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "vitgrade-student"
 version = "{version}"
-description = "Self-check for the ViT on CIFAR-10 assignment (test vectors; no solution inside)."
+description = "{description}"
 requires-python = ">=3.10"
-dependencies = ["torch>=2.1", "numpy>=1.24", "nbformat>=5.9", "pandas>=2.0", "matplotlib>=3.7", "pillow>=10.0",
-                "jinja2>=3.1", "tqdm>=4.66", "tomli>=2.0; python_version < '3.11'"]
+dependencies = {dependencies}
 
 [project.scripts]
 vitgrade = "grader.cli:main"
@@ -48,7 +56,7 @@ on your notebook, comparing your classes with test vectors (inputs, weights and 
 computed from the reference solution; the solution itself is not included). The accuracy check
 and the multiple-choice answers are graded by the instructor only.
 
-    pip install ./vitgrade_student
+    pip install vitgrade_student-{version}-py3-none-any.whl   # or: pip install ./vitgrade_student
     vitgrade check vit_cifar10_en.ipynb
 
 or run the notebook's self-check cell.
@@ -58,9 +66,16 @@ or run the notebook's self-check cell.
 def student_rubric(text: str) -> str:
     """The rubric without the answer keys, its comments kept (they explain the checks to students too)."""
     rubric = tomlkit.parse(text)
+    left_out = {}
     for section, key in ANSWER_KEYS:
         if key in rubric.get(section, {}):
+            if section == "points":
+                left_out[key] = rubric[section][key]
             del rubric[section][key]
+    if left_out:  # so the self-check can say what the instructor grades later, and the total
+        if "meta" not in rubric:
+            rubric["meta"] = tomlkit.table()
+        rubric["meta"]["instructor_only"] = left_out
     return "# The course rubric without the answer keys that stay with the instructor.\n" + tomlkit.dumps(rubric)
 
 
@@ -83,6 +98,42 @@ def write_bundle(dest: Path) -> Path:
     (dest / "reference").mkdir()
     (dest / "reference" / "__init__.py").write_text('"""Attention-map helpers (the student bundle has no solution)."""\n')
     shutil.copyfile(PROJECT_ROOT / "reference" / "attention_maps.py", dest / "reference" / "attention_maps.py")
-    (dest / "pyproject.toml").write_text(PYPROJECT.format(version=__version__), encoding="utf-8")
-    (dest / "README.md").write_text(README, encoding="utf-8")
+    (dest / "pyproject.toml").write_text(PYPROJECT.format(version=__version__, description=DESCRIPTION,
+                                                          dependencies=json.dumps(DEPENDENCIES)), encoding="utf-8")
+    (dest / "README.md").write_text(README.format(version=__version__), encoding="utf-8")
     return dest
+
+
+def wheel_name() -> str:
+    return f"vitgrade_student-{__version__}-py3-none-any.whl"
+
+
+def write_wheel(bundle: Path, folder: Path) -> Path:
+    """The bundle written by `write_bundle` as one wheel in `folder`: the single file a student uploads to
+    Colab and installs with `%pip install`, with no build step. A wheel is a zip with a .dist-info folder
+    (PEP 427); its entries are written in name order with a fixed date, so the same bundle gives the same file."""
+    dist_info = f"vitgrade_student-{__version__}.dist-info"
+    entries = [(p.relative_to(bundle).as_posix(), p.read_bytes()) for p in sorted(bundle.rglob("*"))
+               if p.is_file() and p.relative_to(bundle).parts[0] in PACKAGES]
+    metadata = "\n".join(["Metadata-Version: 2.1", "Name: vitgrade-student", f"Version: {__version__}",
+                          f"Summary: {DESCRIPTION}", "Requires-Python: >=3.10",
+                          *(f"Requires-Dist: {requirement}" for requirement in DEPENDENCIES)]) + "\n"
+    entries += [(f"{dist_info}/METADATA", metadata.encode()),
+                (f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: vitgrade\nRoot-Is-Purelib: true\n"
+                                       b"Tag: py3-none-any\n"),
+                (f"{dist_info}/entry_points.txt", b"[console_scripts]\nvitgrade = grader.cli:main\n"),
+                (f"{dist_info}/top_level.txt", "\n".join(PACKAGES).encode() + b"\n")]
+    record = [f"{name},sha256={_urlsafe_digest(data)},{len(data)}" for name, data in entries]
+    entries.append((f"{dist_info}/RECORD", ("\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n").encode()))
+    path = folder / wheel_name()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            wheel.writestr(info, data)
+    return path
+
+
+def _urlsafe_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()

@@ -27,15 +27,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from grader.grading import grade_submission
     from grader.render.junit import render_junit
+    from grader.render.student import notebook_language, outline
     from grader.render.text import render_table
     from grader.report import write_atomic
+    from grader.rubric import instructor_only
 
     path = Path(args.submission)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
-    report = grade_submission(path, rubric=_rubric(args), student_id=args.student, isolation=args.isolation,
+    rubric = _rubric(args)
+    report = grade_submission(path, rubric=rubric, student_id=args.student, isolation=args.isolation,
                               accuracy=args.accuracy, data_dir=args.data_dir)
-    print(render_table(report))
+    lang = args.lang or notebook_language(path)
+    print(render_table(report, lang=lang, outline=outline(report, instructor_only(rubric), lang)))
     if args.json:
         write_atomic(args.json, report.to_json())
     if args.junit:
@@ -54,7 +58,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from grader.sandbox.preflight import GraderBroken
 
     options = BatchOptions(
-        out=args.out, rubric=_rubric(args), roster=args.roster, workers=args.workers, accuracy=args.accuracy,
+        out=args.out, rubric=_rubric(args) if args.rubric else None, roster=args.roster, workers=args.workers, accuracy=args.accuracy,
         timeout=args.timeout, resume=args.resume, manual=args.manual, gradescope=args.gradescope,
         isolation=args.isolation, id_pattern=args.id_pattern, data_dir=args.data_dir, progress=not args.quiet,
     )
@@ -74,8 +78,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if summary.collisions:  # graded under distinct ids, but the LMS ids need a person's look: never silent
         print(f"vitgrade: {len(summary.collisions)} student id collision(s); see above and summary.html",
               file=sys.stderr)
-        return 1
-    return 0
+    return summary.return_code
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -229,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=Path, help="also write report.json here")
     check.add_argument("--junit", type=Path, help="also write JUnit XML here (for CI)")
     check.add_argument("--student", help="student id for the report (default: from the file name)")
+    check.add_argument("--lang", choices=["en", "ja"],
+                       help="language of the table (default: the handout notebook's, else English)")
     _add_common(check)
     check.set_defaults(func=cmd_check)
 

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from grader.intake.naming import safe_id
+from grader.manual import write_ta_sheet
+from grader.output import CODE_NAME, student_dir, write_student
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric
+from grader.spreadsheet import read_text_csv, to_safe_csv
 
 ROSTER_COLUMNS = ("student_id", "id", "student", "sid")
 
 
 def read_roster(path: Path) -> list[str]:
-    try:
-        table = pd.read_csv(path, dtype=str)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"roster {path}: cannot read it as CSV ({exc})") from None
+    """The roster's student ids, as text (a student called `NA` or `null` is a student); ValueError when the
+    file cannot be used, so `vitgrade grade` can refuse it before grading anyone."""
+    if not path.is_file():
+        raise ValueError(f"roster {path}: no such file")
+    table = read_text_csv(path, "roster")
     column = next((c for c in table.columns if c.strip().lower() in ROSTER_COLUMNS), None)
     if column is None:
         raise ValueError(f"roster {path}: no column named one of {', '.join(ROSTER_COLUMNS)}")
-    return [safe_id(v) for v in table[column].dropna().astype(str)]
+    ids = [safe_id(v) for v in table[column] if v.strip()]
+    if not ids:
+        raise ValueError(f"roster {path}: the {column} column is empty")
+    return ids
 
 
 def load_reports(out: Path) -> tuple[list[Report], list[str]]:
@@ -48,25 +56,35 @@ def gradebook_frame(reports: list[Report], check_ids: list[str]) -> pd.DataFrame
     return frame.sort_values("student", kind="stable").reset_index(drop=True)
 
 
+@dataclass
+class ClassState:
+    """What the summary step found: every report, the roster students without a submission, notes."""
+
+    reports: list[Report] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric,
-                  problems: list[str] | tuple = ()) -> list[str]:
-    """Write missing reports for roster students, gradebook.csv and summary.html; return the missing ids.
+                  problems: list[str] | tuple = ()) -> ClassState:
+    """Write missing reports for roster students, gradebook.csv, summary.html and the TA sheet.
 
     Built from the reports alone: no submission is read again (one that broke the intake once would
     break the summary on every run)."""
-    from grader.batch import CODE_NAME, student_dir
-
     reports, unreadable = load_reports(out)
     problems = [*problems, *unreadable]
-    have = {r.student for r in reports}
-    missing = [sid for sid in read_roster(roster) if sid not in have] if roster else []
+    submitted = {r.student for r in reports if r.status != "missing"}
+    missing = [sid for sid in dict.fromkeys(read_roster(roster)) if sid not in submitted] if roster else []
+    have_missing = {r.student for r in reports if r.status == "missing"}
     for sid in missing:
+        if sid in have_missing:  # from an earlier run: still missing
+            continue
         report = Report.failure(sid, "", "no submission received", status="missing")
-        write_atomic(student_dir(out, sid) / "report.json", report.to_json())
+        write_student(out, report)
         reports.append(report)
     check_ids = list(rubric.points)
     frame = gradebook_frame(reports, check_ids)
-    write_atomic(out / "gradebook.csv", frame.to_csv(index=False))
+    write_atomic(out / "gradebook.csv", to_safe_csv(frame))
     codes = {}
     for entry in entries:  # the code each graded student ran, as the grading wrote it beside the report
         try:
@@ -76,34 +94,5 @@ def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric,
     from grader.render.summary import render_summary
 
     write_atomic(out / "summary.html", render_summary(reports, frame, check_ids, codes, problems))
-    write_ta_sheet(out, reports)
-    return missing
-
-
-TA_COLUMNS = ["student_id", "check_id", "points", "comment", "max_points", "answer", "pictures"]
-
-
-def write_ta_sheet(out: Path, reports: list[Report]) -> None:
-    """ta_sheet.csv (fill in points and comment, then merge with --manual) and ta_sheet.html (for reading).
-
-    One row per manual check still awaiting a person; the CSV's first four columns are what
-    `--manual` reads, so the sheet goes back as it is. `pictures`: the answer's pictures, as paths
-    relative to `out` (the HTML sheet shows them).
-    """
-    from grader.batch import student_dir
-    from grader.render.html import render_page
-
-    rows = [{"student_id": r.student, "check_id": c.id, "points": "", "comment": "", "max_points": c.max_points,
-             "answer": c.details.get("answer", ""),
-             "pictures": [(student_dir(out, r.student) / name).relative_to(out).as_posix()
-                          for name in c.details.get("pictures", [])]}
-            for r in sorted(reports, key=lambda r: r.student) for c in r.checks
-            if c.status == "manual" and c.points is None]
-    frame = pd.DataFrame(rows, columns=TA_COLUMNS)
-    frame["pictures"] = frame["pictures"].map(" ".join)
-    write_atomic(out / "ta_sheet.csv", frame.to_csv(index=False))
-    groups = [(check_id, [row for row in rows if row["check_id"] == check_id])
-              for check_id in dict.fromkeys(row["check_id"] for row in rows)]
-    write_atomic(out / "ta_sheet.html", render_page("ta_sheet.html.j2", rows=rows, groups=groups,
-                                                    students=len({row["student_id"] for row in rows}),
-                                                    assignment="ViT on CIFAR-10"))
+    notes = unreadable + write_ta_sheet(out, reports)
+    return ClassState(reports=reports, missing=missing, notes=notes)

@@ -105,12 +105,29 @@ def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcom
     return outcome, time.monotonic() - started
 
 
+def check_points(status: str, max_points: float) -> float | None:
+    """A verdict's points: all for a pass, none otherwise; a manual check's come from a person."""
+    return {"passed": max_points, "manual": None}.get(status, 0.0)
+
+
 def _result(check: Check, outcome: Outcome, rubric: Rubric) -> CheckResult:
     max_points = rubric.points[check.id]
-    points = {"passed": max_points, "manual": None}.get(outcome.status, 0.0)
     details = dict(outcome.details)
     fault = details.pop("fault", "submission") if outcome.status == "error" else None
-    return CheckResult(check.id, check.title, outcome.status, points, max_points, outcome.message, details, fault)
+    return CheckResult(check.id, check.title, outcome.status, check_points(outcome.status, max_points), max_points,
+                       outcome.message, details, fault)
+
+
+def rescore(report: Report, rubric: Rubric) -> Report:
+    """`report` with `rubric`'s points and the same verdicts (its verdict digest matches): no sandbox run, no
+    training. A TA's points stay; the caller re-applies the TA scores, which flags any above a new maximum."""
+    for check in report.checks:
+        max_points = rubric.points[check.id]
+        if check.status != "manual":
+            check.points = check_points(check.status, max_points)
+        check.max_points = max_points
+    report.fingerprint = {**report.fingerprint, "points": rubric.points_digest}
+    return report
 
 
 def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_id: str | None = None,
@@ -201,13 +218,15 @@ def _pictures(training: dict | None) -> dict[str, bytes]:
 
 
 def fingerprint(path: str | Path, rubric: Rubric, accuracy: str, digest: str | None = None) -> dict[str, str]:
-    """What a report depends on: resume regrades a student when any of it changes."""
+    """What a report depends on: resume regrades a student when any of it changes, except `points` (the
+    rubric's points alone: resume re-scores the stored report)."""
     if digest is None:
         try:
             digest = content_digest(Path(path))
         except OSError:
             digest = "unreadable"
-    return {"submission": digest, "rubric": rubric.digest, "grader": __version__, "accuracy": resolve_mode(accuracy)}
+    return {"submission": digest, "rubric": rubric.verdict_digest, "points": rubric.points_digest,
+            "grader": __version__, "accuracy": resolve_mode(accuracy)}
 
 
 def environment() -> dict[str, str]:

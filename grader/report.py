@@ -147,12 +147,26 @@ def answer_picture_files(tag: str, pictures: list[bytes]) -> dict[str, bytes]:
     return {answer_picture_name(tag, number): png for number, png in enumerate(pictures, start=1)}
 
 
+def _file_mode() -> int:
+    """The mode `open()` gives a new file under the process's umask (0o644 under the usual 022), read once:
+    os.umask can only be read by setting it, so it is set back at once, at import time."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    """Write via a temporary file in the same folder and rename: readers never see half a file. The file gets
+    the permissions of a normally created one (tempfile's are 0600, which would hide every output from the
+    TAs sharing a course folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = text.encode() if isinstance(text, str) else text
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

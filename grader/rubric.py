@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,27 @@ class Rubric:
     accuracy: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)  # [meta]: name, version, instructor_only (see below)
 
     def enabled(self, check_id: str) -> bool:
         return check_id in self.points
+
+    @property
+    def verdict_digest(self) -> str:
+        """Every setting that can change a check's verdict, and which checks run; not points, comments or
+        [meta]. A report whose verdict digest still matches needs no sandbox run, only rescoring."""
+        return _digest({"checks": sorted(self.points), "tolerances": {k: asdict(v) for k, v in self.tolerances.items()},
+                        "forbidden": [self.forbidden_modules, self.forbidden_apis], "limits": self.limits,
+                        "accuracy": self.accuracy, "tasks": self.tasks})
+
+    @property
+    def points_digest(self) -> str:
+        """The points of each check: a change re-scores the stored reports."""
+        return _digest(self.points)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _require(condition: bool, where: str, message: str) -> None:
@@ -173,4 +192,20 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         accuracy=accuracy,
         tasks=tasks,
         digest=hashlib.sha256(raw_bytes).hexdigest(),
+        meta=_meta(data.get("meta", {}), f"{path}: meta"),
     )
+
+
+def _meta(meta: Any, where: str) -> dict[str, Any]:
+    """[meta]; `instructor_only` (written by the student bundle) names the checks a student's rubric leaves out
+    with their points, so a self-check can say what the instructor grades later and what the total is."""
+    _require(isinstance(meta, dict), where, "expected a table")
+    instructor_only = meta.get("instructor_only", {})
+    _require(isinstance(instructor_only, dict), f"{where}.instructor_only", "expected a table of points")
+    for check_id, points in instructor_only.items():
+        _number(points, f"{where}.instructor_only.{check_id!r}")
+    return dict(meta)
+
+
+def instructor_only(rubric: Rubric) -> dict[str, float]:
+    return {check_id: float(points) for check_id, points in rubric.meta.get("instructor_only", {}).items()}

@@ -20,35 +20,44 @@ def _colab_notebook() -> dict | None:
     return reply.get("ipynb") if isinstance(reply, dict) else None
 
 
-def check_notebook(path: str | Path, accuracy: str = "off") -> Report:
+def check_notebook(path: str | Path, accuracy: str = "off", lang: str | None = None) -> Report:
     """Grade the saved notebook at `path` as `vitgrade check` does and display the result.
 
-    Training is off by default (it takes minutes); `accuracy="quick"` runs it on the CPU.
+    Training is off by default (it takes minutes); `accuracy="quick"` runs it on the CPU. The table is
+    in the notebook's language (`lang` overrides it).
     """
     import pandas as pd
 
     from grader.grading import grade_submission
+    from grader.render.student import notebook_language, outline, text
     from grader.render.text import SYMBOLS, points_text, render_table
+    from grader.rubric import instructor_only, load_rubric
 
     path = Path(path)
+    rubric = load_rubric()
     with tempfile.TemporaryDirectory(prefix="vitgrade-selfcheck-") as scratch:
+        live = None
         if not path.exists():
             live = _colab_notebook()
             if live is None:
                 raise FileNotFoundError(f"{path} not found: save the notebook and pass its file name")
             path = Path(scratch) / path.name  # the student id comes from the file name, as when submitted
             path.write_text(json.dumps(live, ensure_ascii=False), encoding="utf-8")
-        report = grade_submission(path, accuracy=accuracy)
+        lang = lang or notebook_language(path, live)
+        report = grade_submission(path, rubric=rubric, accuracy=accuracy)
+    summary = outline(report, instructor_only(rubric), lang)
     try:
         from IPython.display import Markdown, display
     except ImportError:  # a plain Python session
-        print(render_table(report))
+        print(render_table(report, lang=lang, outline=summary))
         return report
-    rows = [{"check": c.id, "status": SYMBOLS[c.status], "points": points_text(c.points, c.max_points),
-             "message": c.message} for c in report.checks]
-    display(Markdown(f"**{report.student}**: {report.score:g} / {report.max_score:g} points"
-                     + (f" — {report.error}" if report.error else "")))
-    display(pd.DataFrame(rows).style.hide(axis="index").set_properties(**{"text-align": "left"}))
+    words = text(lang)
+    rows = [{words["check"]: c.id, words["status"]: words.get(c.status, SYMBOLS[c.status]),
+             words["points"]: points_text(c.points, c.max_points), words["message"]: c.message} for c in report.checks]
+    display(Markdown(f"**{report.student}**" + (f" — {report.error}" if report.error else "")
+                     + "".join(f"\n- {line}" for line in summary if report.status == "graded")))
+    if rows:
+        display(pd.DataFrame(rows).style.hide(axis="index").set_properties(**{"text-align": "left"}))
     for warning in report.warnings:
         display(Markdown(f"- warning: {warning}"))
     return report

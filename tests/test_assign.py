@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from grader.assign import LANGUAGES, build_notebook
+from grader.bundle import wheel_name
 from grader.cli import main
 from grader.expected import VectorExpected
 from grader.grading import grade_submission
@@ -54,7 +55,7 @@ def test_written_files(built):
                    p.parts)
     assert names == ["instructor/rubric.toml", "instructor/vit_cifar10_en_solution.ipynb",
                      "instructor/vit_cifar10_ja_solution.ipynb", "student/vit_cifar10_en.ipynb",
-                     "student/vit_cifar10_ja.ipynb"]
+                     "student/vit_cifar10_ja.ipynb", f"student/{wheel_name()}"]
     from nbconvert import HTMLExporter
 
     for path in built.rglob("*.ipynb"):
@@ -141,6 +142,31 @@ def test_bundle_has_no_solution_code(built):
     assert "grader/test_vectors.npz" in files
 
 
+def test_the_bundle_is_one_wheel_that_pip_installs_and_the_notebook_installs(built, tmp_path):
+    """Colab uploads files, not folders: the self-check is one wheel, installed without a build step."""
+    import zipfile
+
+    wheel = built / "student" / wheel_name()
+    folder = built / "student/vitgrade_student"
+    packaged = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                and p.relative_to(folder).parts[0] in ("grader", "assignments", "reference")}
+    assert {n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n} == packaged
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target",
+                          str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    probe = ("import grader, grader.cli; from grader.rubric import load_rubric, instructor_only; "
+             "from grader.expected import PACKAGED_VECTORS; r = load_rubric(); "
+             "assert PACKAGED_VECTORS.exists() and 'task2.choice' not in r.points, r.points; "
+             "print(grader.__file__, instructor_only(r))")
+    result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {probe}"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(str(target)), result.stderr
+    assert "{'task2.choice': 2.0}" in result.stdout
+    cell = next(c for c in build_notebook("ja", "student").cells if "selfcheck" in c.metadata.get("tags", []))
+    assert "%pip install -q vitgrade_student-*.whl" in cell.source
+
+
 def test_bundle_checks_agree_with_the_instructors(built, tmp_path):
     bundle = built / "student/vitgrade_student"
     vectors = VectorExpected(bundle / "grader/test_vectors.npz")
@@ -169,7 +195,8 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     out = tmp_path / "out"
     assert main(["grade", str(submissions), "--out", str(out), "--accuracy", "off", "--quiet"]) == 0
     sheet = pd.read_csv(out / "ta_sheet.csv", dtype=str, keep_default_na=False)
-    assert list(sheet.columns) == ["student_id", "check_id", "points", "comment", "max_points", "answer", "pictures"]
+    assert list(sheet.columns) == ["student_id", "check_id", "points", "comment", "max_points", "state", "answer",
+                                   "pictures"]
     assert sorted(sheet.check_id) == sorted(MANUAL_TASKS) and set(sheet.student_id) == {"s0001"}
     assert "クラストークン" in sheet.set_index("check_id").loc["task1.diagram", "answer"]
     html = (out / "ta_sheet.html").read_text(encoding="utf-8")
@@ -182,8 +209,9 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     report = json.loads((out / "students/s0001/report.json").read_text())
     diagram = next(c for c in report["checks"] if c["id"] == "task1.diagram")
     assert diagram["points"] == 3.5 and "arrows missing" in diagram["message"]
-    remaining = pd.read_csv(out / "ta_sheet.csv", dtype=str)
-    assert sorted(remaining.check_id) == ["task2.explanation", "task3.answer"]  # graded rows leave the sheet
+    again = pd.read_csv(out / "ta_sheet.csv", dtype=str, keep_default_na=False).set_index("check_id")
+    assert sorted(again.index) == sorted(MANUAL_TASKS)  # graded rows stay, with their points: the TA's record
+    assert list(again.loc["task1.diagram", ["points", "comment", "state"]]) == ["3.5", "arrows missing", "graded"]
     assert "2 written answers await a TA" in (out / "summary.html").read_text(encoding="utf-8")
 
 

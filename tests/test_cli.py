@@ -162,3 +162,41 @@ def test_grade_usage_errors(tmp_path):
     assert result.returncode == 2 and "holds no submissions" in result.stderr
     result = vitgrade("grade", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_a_zip_in_a_moodle_submission_folder_is_read_as_in_canvas_layout(tmp_path):
+    """Moodle delivers each upload in a folder per student; a zip handed in arrives as a zip in that folder."""
+    import zipfile
+
+    from grader.intake import load_submission
+
+    notebook = EXAMPLES / "s2001_softmax_axis.ipynb"
+    archive = tmp_path / "canvas" / "doejane_123_456_submission.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(notebook, "my_vit/vit.ipynb")
+        zf.writestr("my_vit/diagram.png", b"\x89PNG not really")
+    moodle = tmp_path / "Jane Doe_123_assignsubmission_file_"
+    moodle.mkdir()
+    shutil.copy(archive, moodle / "submission.zip")
+    from_canvas, from_moodle = load_submission(archive), load_submission(moodle)
+    assert from_moodle.code == from_canvas.code and from_moodle.answers == from_canvas.answers
+    assert from_moodle.files == ["submission.zip/vit.ipynb"]
+    (moodle / "old.zip").write_bytes(archive.read_bytes())
+    os.utime(moodle / "old.zip", (0, 0))
+    assert "ignored: old.zip" in " ".join(load_submission(moodle).warnings)
+
+
+def test_grade_refuses_a_bad_roster_or_ta_sheet_before_grading_anyone(batch_dir, tmp_path):
+    out = tmp_path / "out"
+    result = vitgrade("grade", str(batch_dir), "--out", str(out), "--roster", str(tmp_path / "rooster.csv"))
+    assert result.returncode == 2 and "rooster.csv: no such file" in result.stderr
+    sheet = tmp_path / "ta.csv"
+    sheet.write_text("student_id,check_id,points,comment\nalice,task1.diagramm,3,\nalice,task3.answer,60,\n"
+                     "mallory,task3.answer,1,\n", encoding="utf-8")
+    result = vitgrade("grade", str(batch_dir), "--out", str(out), "--manual", str(sheet))
+    assert result.returncode == 2 and "3 problem(s); nothing was graded" in result.stderr
+    for words in ("'task1.diagramm' is not a check a TA grades", "60 points is above the maximum 6",
+                  "unknown student 'mallory'"):
+        assert words in result.stderr
+    assert not (out / "students").exists()

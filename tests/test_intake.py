@@ -55,10 +55,15 @@ def test_magics_shell_lines_and_cell_magics(tmp_path):
 
 def test_cell_that_does_not_parse_is_skipped_with_a_warning(tmp_path):
     path = write_notebook(tmp_path / "broken.ipynb", [
-        ("code", "import torch"), ("code", "class FNN(torch.nn.Module)\n    pass"), ("code", "def ok():\n    return 1")])
+        ("markdown", "# My ViT"), ("code", "import torch"), ("markdown", "The model:"),
+        ("code", "class FNN(torch.nn.Module)\n    pass"), ("code", "def ok():\n    return 1")])
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells[3].execution_count = 7
+    nbformat.write(notebook, path)
     submission = load_submission(path)
     assert "def ok" in submission.code and "class FNN" not in submission.code
-    assert any("cell 2: skipped, it does not parse" in w for w in submission.warnings)
+    # Named as the student sees it: markdown cells do not count, and Jupyter's In [n] when the cell ran.
+    assert any("code cell 2 (In [7]): skipped, it does not parse" in w for w in submission.warnings)
 
 
 def test_class_defined_twice_last_definition_wins_and_warns(tmp_path):

@@ -39,15 +39,15 @@ def test_manual_scores_are_merged_and_bad_rows_reported(tmp_path):
                      "s1,load.code,1,not manual\n"
                      "s1,task1.diagram,9,too many\n"
                      "s9,task1.diagram,1,\n", encoding="utf-8")
-    notes = merge_manual(tmp_path, sheet)
+    result = merge_manual(tmp_path, sheet)
     report = load_report(tmp_path / "students" / "s1" / "report.json")
     check = report.check("task1.diagram")
-    assert check.points == 3.5 and "TA: clear diagram" in check.message
+    assert check.points == 3.5 and check.message == "graded by a TA: 3.5/4 — clear diagram"
     assert report.score == 5.5 and report.max_score == 6.0
-    assert len(notes) == 3
-    assert any("load.code is not a manual check" in n for n in notes)
-    assert any("outside 0..4" in n for n in notes)
-    assert any("no report for student s9" in n for n in notes)
+    assert len(result.problems) == 3
+    assert any("'passed' (not awaiting a TA) for 'load.code'" in n for n in result.problems)
+    assert any("above the maximum 4" in n for n in result.problems)
+    assert any("no report for student 's9'" in n for n in result.problems)
     assert (tmp_path / "students" / "s1" / "report.html").exists()
 
 

@@ -89,3 +89,54 @@ def attention(q, k, v, heads):
     pairs = similar_pairs(codes, starter=HANDOUT_SOURCE)
     assert [(p.first, p.second) for p in pairs] == [("a", "b")]
     assert pairs[0].similarity > 0.9
+
+
+def _perfect_self_check(rubric) -> Report:
+    """What a self-check of a perfect solution reports with --accuracy off under `rubric`."""
+    from grader.checks import PERSON_GRADED
+
+    def result(check_id, points):
+        if check_id in PERSON_GRADED:
+            return CheckResult(check_id, check_id, "manual", None, points, "awaiting a TA")
+        if check_id == "train.accuracy":
+            return CheckResult(check_id, check_id, "skipped", 0.0, points, "--accuracy off")
+        return CheckResult(check_id, check_id, "passed", points, points)
+
+    return Report("s1", "vit_cifar10_ja.ipynb", "graded", checks=[result(k, v) for k, v in rubric.points.items()])
+
+
+def test_self_check_numbers_add_up_to_the_assignment_total_with_and_without_the_bundle(tmp_path):
+    from grader.bundle import student_rubric
+    from grader.render.student import outline
+    from grader.render.text import render_table
+    from grader.rubric import instructor_only
+
+    instructor = load_rubric()
+    total = sum(instructor.points.values())
+    assert outline(_perfect_self_check(instructor), instructor_only(instructor)) == [
+        "automatic checks: 56/56 points",
+        "written answers (task1.diagram, task2.explanation, task3.answer): 14 points, graded by your TA after you "
+        "submit",
+        "graded by the instructor after you submit: train.accuracy (10 points)",
+        f"the assignment is out of {total:g} points"]
+    (tmp_path / "rubric.toml").write_text(student_rubric(DEFAULT_RUBRIC.read_text(encoding="utf-8")), encoding="utf-8")
+    student = load_rubric(tmp_path / "rubric.toml")
+    assert "task2.choice" not in student.points and instructor_only(student) == {"task2.choice": 2.0}
+    lines = outline(_perfect_self_check(student), instructor_only(student), "ja")
+    assert lines[0] == "自動チェック: 54/54 点" and "task2.choice (2点)" in lines[2]
+    assert lines[-1] == f"課題の満点は {total:g} 点です"
+    table = render_table(_perfect_self_check(student), lang="ja", outline=lines)
+    assert "合格" in table and "チェック" in table and "score 54 / 68" not in table and "PASS" not in table
+
+
+def test_the_self_check_speaks_the_handout_notebooks_language(tmp_path):
+    import nbformat
+
+    from grader.assign import build_notebook
+    from grader.render.student import notebook_language
+
+    for lang in ("ja", "en"):
+        nbformat.write(build_notebook(lang, "student"), tmp_path / f"{lang}.ipynb")
+        assert notebook_language(tmp_path / f"{lang}.ipynb") == lang
+    (tmp_path / "own.ipynb").write_text('{"cells": [], "metadata": {}}', encoding="utf-8")
+    assert notebook_language(tmp_path / "own.ipynb") == notebook_language(tmp_path / "missing.py") == "en"

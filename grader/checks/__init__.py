@@ -15,6 +15,7 @@ class Check:
     title: str
     run: Callable[[GradingContext], Outcome]
     needs_worker: bool = True
+    by_person: bool = False  # a `manual` check: a TA gives the points (TA sheet, --manual)
 
 
 CHECKS: tuple[Check, ...] = (
@@ -42,15 +43,17 @@ CHECKS: tuple[Check, ...] = (
     Check("train.accuracy", "The model learns: test accuracy after training", training.check_accuracy),
     Check("task1.shapes", "課題1: shape at every stage, two configurations", tasks.check_task1_shapes,
           needs_worker=False),
-    Check("task1.diagram", "課題1: network diagram (graded by a person)", tasks.check_task1_diagram, needs_worker=False),
+    Check("task1.diagram", "課題1: network diagram (graded by a person)", tasks.check_task1_diagram, needs_worker=False,
+          by_person=True),
     Check("task2.choice", "課題2: Q/K/V multiple choice", tasks.check_task2_choice, needs_worker=False),
     Check("task2.explanation", "課題2: explanation (graded by a person)", tasks.check_task2_explanation,
-          needs_worker=False),
+          needs_worker=False, by_person=True),
     Check("task3.answer", "課題3: heatmaps and Grad-CAM (graded by a person)", tasks.check_task3_answer,
-          needs_worker=False),
+          needs_worker=False, by_person=True),
 )
 # static.forbidden also reports forbidden calls seen at run time, so it is evaluated last.
 EVALUATE_LAST = ("static.forbidden",)
 CHECK_IDS = tuple(c.id for c in CHECKS)
+PERSON_GRADED = frozenset(c.id for c in CHECKS if c.by_person)
 
-__all__ = ["CHECKS", "CHECK_IDS", "EVALUATE_LAST", "Check", "GradingContext", "Outcome"]
+__all__ = ["CHECKS", "CHECK_IDS", "PERSON_GRADED", "EVALUATE_LAST", "Check", "GradingContext", "Outcome"]

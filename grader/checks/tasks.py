@@ -101,7 +101,8 @@ def _manual(ctx: GradingContext, tag: str, what: str) -> Outcome:
         return Outcome.failed(f"not answered yet: the {what} cell still holds the placeholder")
     pictures = list(answer_picture_files(tag, ctx.submission.answer_pictures.get(tag, [])))
     shown = f", {len(pictures)} picture{'s' if len(pictures) != 1 else ''}" if pictures else ""
-    return Outcome("manual", f"{what}: awaiting a TA ({len(answer)} characters{shown}; see the TA sheet)",
+    return Outcome("manual", f"{what}: awaiting a TA ({len(answer)} characters{shown}); a person grades it after "
+                             "you submit",
                    {"answer": answer[:MAX_ANSWER_CHARS], "truncated": len(answer) > MAX_ANSWER_CHARS,
                     "pictures": pictures})
 

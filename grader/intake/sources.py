@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ def read_notebook(path: Path, root: Path | None = None, deadline: Deadline | Non
         found.warnings.append(f"{path.name} does not fully follow the notebook format ({exc.message[:300]}); "
                               "read anyway")
     pictures = PictureBudget(deadline)
+    code_cells = 0
     for index, cell in enumerate(nb.cells, start=1):
         deadline.check(f"cell {index}")
         source = cell.get("source", "")
@@ -93,11 +95,21 @@ def read_notebook(path: Path, root: Path | None = None, deadline: Deadline | Non
                                        f"{MAX_ANSWER_CHARS:,} are kept")
                 answer.text = answer.text[:MAX_ANSWER_CHARS]
             _add_answer(found, tags, answer)
-        if cell.get("cell_type") == "code" and source.strip():
-            found.units.append(CodeUnit(origin=f"{path.name} cell {index}", source=source))
+        if cell.get("cell_type") == "code":
+            code_cells += 1
+            if source.strip():
+                found.units.append(CodeUnit(origin=code_cell_name(path.name, code_cells, cell), source=source))
     if not found.units:
         raise IntakeError(f"{path.name} has no code cells")
     return found
+
+
+def code_cell_name(notebook: str, number: int, cell: dict) -> str:
+    """How a student finds a code cell: its number among the code cells (markdown cells do not count), and the
+    `In [n]` Jupyter shows beside it when it ran."""
+    count = cell.get("execution_count")
+    ran = f" (In [{count}])" if isinstance(count, int) and not isinstance(count, bool) else ""
+    return f"{notebook} code cell {number}{ran}"
 
 
 def _add_answer(found: SourceFiles, tags: list[str], answer: AnswerPictures) -> None:
@@ -201,11 +213,13 @@ def _score_notebook(path: Path) -> tuple[int, float, str]:
     return defined, path.stat().st_mtime, path.name
 
 
-def read_folder(folder: Path, deadline: Deadline | None = None) -> SourceFiles:
+def read_folder(folder: Path, deadline: Deadline | None = None, archives_too: bool = True) -> SourceFiles:
     """Pick the submission inside a folder (documented in the README's intake section).
 
     One notebook: that one. Several: the one defining the most required classes, then the newest;
-    the others are named in a warning. No notebook: every .py file, in name order.
+    the others are named in a warning. No notebook: every .py file, in name order. Neither: the
+    .zip inside (how Moodle delivers an upload: one folder per student holding the zip the student
+    handed in), read as if it were the submission.
     """
     warnings: list[str] = []
     notebooks: list[Path] = []
@@ -221,6 +235,7 @@ def read_folder(folder: Path, deadline: Deadline | None = None) -> SourceFiles:
         if total > MAX_ZIP_TOTAL_BYTES:
             raise IntakeError(f"{folder.name} holds more than {MAX_ZIP_TOTAL_BYTES // 1024**2} MB of files; submit "
                               "only the notebook (and the pictures it shows)")
+    archives: list[Path] = []
     for path in sorted(entries):
         relative = path.relative_to(folder)
         if IGNORED_PARTS & set(relative.parts) or any(p.startswith("._") for p in relative.parts):
@@ -232,6 +247,8 @@ def read_folder(folder: Path, deadline: Deadline | None = None) -> SourceFiles:
             notebooks.append(path)
         elif path.suffix.lower() == ".py" and path.is_file():
             scripts.append(path)
+        elif path.suffix.lower() == ".zip" and path.is_file():
+            archives.append(path)
     if notebooks:
         deadline.check("choosing the notebook")
         chosen = max(notebooks, key=_score_notebook)
@@ -248,7 +265,25 @@ def read_folder(folder: Path, deadline: Deadline | None = None) -> SourceFiles:
             part = read_python(script)
             found.units += part.units
             found.files += [str(script.relative_to(folder))]
+    elif archives and archives_too:
+        return _read_inner_archive(folder, archives, warnings, deadline)
     else:
-        raise IntakeError(f"{folder.name} contains no notebook (.ipynb) or Python (.py) file")
+        raise IntakeError(f"{folder.name} contains no notebook (.ipynb) or Python (.py) file"
+                          + (" (a .zip inside a .zip is not opened)" if archives else ""))
+    found.warnings = warnings + found.warnings
+    return found
+
+
+def _read_inner_archive(folder: Path, archives: list[Path], warnings: list[str], deadline: Deadline) -> SourceFiles:
+    """The submission in the folder's zip (the newest when there are several, named in a warning); a zip
+    inside that zip is not opened."""
+    chosen = max(archives, key=lambda p: (p.stat().st_mtime, p.name))
+    if len(archives) > 1:
+        others = ", ".join(str(p.relative_to(folder)) for p in archives if p != chosen)
+        warnings.append(f"{len(archives)} zip archives found; graded the newest, {chosen.relative_to(folder)}; "
+                        f"ignored: {others}")
+    with tempfile.TemporaryDirectory(prefix="vitgrade-zip-") as tmp:
+        found = read_folder(extract_zip(chosen, Path(tmp)), deadline, archives_too=False)
+    found.files = [f"{chosen.relative_to(folder)}/{name}" for name in found.files]
     found.warnings = warnings + found.warnings
     return found

@@ -1,4 +1,10 @@
-"""Gradescope's results.json (autograder specification): one test per check."""
+"""Gradescope's results.json (autograder specification): one test per check.
+
+A test's `status` is optional in the specification; Gradescope then infers it from `score` and
+`max_score`. A written answer awaiting a TA is neither passed nor failed: it gets no status and no
+score (the top-level `score` is the total so far), and says that a person grades it. Once a TA's
+points are merged, it has them as its score and Gradescope shows full or partial credit.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +24,14 @@ def render_gradescope(report: Report) -> str:
         if check.status == "skipped":
             continue  # counts in neither score nor max score, as in report.json
         test = {"name": check.title, "number": check.id, "max_score": check.max_points,
-                "output": f"[{check.status}] {check.message}", "visibility": VISIBILITY,
-                "status": "passed" if check.status == "passed" else "failed"}
-        if check.points is not None:
-            test["score"] = check.points
+                "output": f"[{check.status}] {check.message}", "visibility": VISIBILITY}
+        if check.status == "manual":  # the message says "awaiting a TA" or "graded by a TA: ..."
+            test["output"] = check.message
+            if check.points is not None:
+                test["score"] = check.points
+        else:
+            test["status"] = "passed" if check.status == "passed" else "failed"
+            test["score"] = check.points or 0.0
         tests.append(test)
     skipped = [f"{c.id}: {c.message}" for c in report.checks if c.status == "skipped"]
     output = "\n".join(["vitgrade " + report.grader_version, *report.warnings,

@@ -19,14 +19,21 @@ def _starter_code() -> str:
     return "\n\n".join(c.source for c in build_notebook("en", "student").cells if c.cell_type == "code")
 
 
+def _share(check) -> float:
+    if check.status == "manual":
+        return check.points / check.max_points if check.max_points else 1.0
+    return float(check.status == "passed")
+
+
 def render_summary(reports: list[Report], frame: pd.DataFrame, check_ids: list[str], codes: dict[str, str],
                    problems: list[str]) -> str:
     graded = [r for r in reports if r.status == "graded"]
     rates = {}
     for check_id in check_ids:
-        results = [c for r in graded for c in r.checks if c.id == check_id and c.status not in ("skipped", "manual")]
-        if results:
-            rates[check_id] = sum(c.status == "passed" for c in results) / len(results)
+        results = [c for r in graded for c in r.checks if c.id == check_id and c.status != "skipped"
+                   and (c.status != "manual" or c.points is not None)]
+        if results:  # a written answer a TA graded counts by its share of the points
+            rates[check_id] = sum(_share(c) for c in results) / len(results)
     max_score = max((r.max_score for r in graded), default=0.0)
     pictures = [(name, data_uri(png)) for name, png in (
         ("scores", score_histogram_png([r.score for r in graded], max_score)),

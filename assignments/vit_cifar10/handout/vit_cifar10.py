@@ -871,15 +871,15 @@ for i in range(len(images)):
 # %% [markdown] lang="ja"
 # ### 自己チェック（提出前に）
 #
-# 採点と同じチェック（形状、性質、参照実装との一致、課題１の自動採点部分）を実行して表で表示します。配布された自己チェック用パッケージ（`vitgrade_student`）をノートブックと同じフォルダに置いてください（Colab ではアップロードします）。Jupyter ではノートブックを保存してから実行します。Colab では開いているノートブックをそのまま読みます。コマンドラインからは `vitgrade check vit_cifar10_ja.ipynb` で同じことができます。
+# 採点と同じチェック（形状、性質、参照実装との一致、課題１の自動採点部分）を実行して表で表示します。配布された自己チェック用のファイル（`vitgrade_student-….whl`、1 ファイル）をノートブックと同じフォルダに置いてください（Colab では左の「ファイル」からアップロードします）。Jupyter ではノートブックを保存してから実行します。Colab では開いているノートブックをそのまま読みます。コマンドラインからは `vitgrade check vit_cifar10_ja.ipynb` で同じことができます。
 
 # %% [markdown] lang="en"
 # ### Self-check (before you submit)
 #
-# Runs the grader's checks (shapes, properties, agreement with the reference, the automatic part of Task 1) and shows a table. Put the self-check package you were given (`vitgrade_student`) in the same folder as this notebook (in Colab, upload it). In Jupyter, save the notebook before running the cell; in Colab the cell reads the open notebook. From the command line, `vitgrade check vit_cifar10_en.ipynb` does the same.
+# Runs the grader's checks (shapes, properties, agreement with the reference, the automatic part of Task 1) and shows a table. Put the self-check file you were given (`vitgrade_student-….whl`, one file) in the same folder as this notebook (in Colab, upload it in the Files pane). In Jupyter, save the notebook before running the cell; in Colab the cell reads the open notebook. From the command line, `vitgrade check vit_cifar10_en.ipynb` does the same.
 
 # %% tags=["selfcheck"]
-# %pip install -q ./vitgrade_student
+# %pip install -q vitgrade_student-*.whl
 from grader.selfcheck import check_notebook
 
 check_notebook("NOTEBOOK_NAME")
