@@ -188,6 +188,63 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _now(args: argparse.Namespace):
+    """--now (ISO 8601 with an offset) or the current time: when visibility after the deadline is decided."""
+    from datetime import datetime, timezone
+
+    from grader.lms.late import LatePolicyError, parse_time
+
+    if not getattr(args, "now", None):
+        return datetime.now(timezone.utc)
+    try:
+        return parse_time(args.now, None, "--now")
+    except LatePolicyError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from grader.lms.common import ExportError
+
+    try:
+        if args.lms == "canvas":
+            from grader.lms.canvas import export_canvas
+
+            if not args.gradebook or not args.assignment:
+                raise UsageError("export canvas needs --gradebook CSV (exported from Canvas) and --assignment NAME")
+            result = export_canvas(args.graded, args.gradebook, args.assignment, args.out, scale=args.scale,
+                                   allow_pending=args.allow_pending)
+        elif args.lms == "moodle":
+            from grader.lms.moodle import export_moodle
+
+            if not args.worksheet:
+                raise UsageError("export moodle needs --worksheet CSV (Moodle's 'Download grading worksheet')")
+            result = export_moodle(args.graded, args.worksheet, args.out, _rubric(args), now=_now(args),
+                                   scale=args.scale, allow_pending=args.allow_pending)
+        else:
+            from grader.lms.common import graded_reports
+            from grader.lms.release import release
+
+            done = release(list(graded_reports(args.graded).values()), _rubric(args), args.out, _now(args))
+            print(done.describe(), end="")
+            return 0
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print(result.describe())
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from grader.lms.common import ExportError, graded_reports
+    from grader.lms.release import release
+
+    try:
+        done = release(list(graded_reports(args.graded).values()), _rubric(args), args.out, _now(args))
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print(done.describe(), end="")
+    return 0
+
+
 def _rubric(args: argparse.Namespace):
     from grader.rubric import RubricError, load_rubric
 
@@ -273,6 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
                                 "may be the --rubric file itself)")
     _add_common(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
+
+    export = sub.add_parser("export", help="grades and feedback into an LMS's own import files (canvas, moodle) or "
+                                           "a folder/zip of student feedback")
+    export.add_argument("lms", choices=["canvas", "moodle", "folder"])
+    export.add_argument("graded", type=Path, help="the output folder of vitgrade grade")
+    export.add_argument("--out", type=Path, required=True,
+                        help="canvas: the CSV to write; moodle: a folder (worksheet + feedback_files.zip); "
+                             "folder: a folder or a .zip")
+    export.add_argument("--gradebook", type=Path, help="canvas: the gradebook CSV exported from Canvas")
+    export.add_argument("--assignment", help="canvas: the assignment's column (its name, full header or id)")
+    export.add_argument("--worksheet", type=Path, help="moodle: the assignment's grading worksheet CSV")
+    export.add_argument("--scale", action="store_true",
+                        help="convert scores to the LMS's points possible / maximum grade")
+    export.add_argument("--allow-pending", action="store_true",
+                        help="also export students whose written answers still await a TA (partial scores)")
+    export.add_argument("--now", help="decide after_due_date visibility at this time (ISO 8601 with offset)")
+    export.add_argument("--rubric", type=Path, help="the rubric the class was graded with (visibility, deadline)")
+    export.set_defaults(func=cmd_export)
+
+    release_parser = sub.add_parser("release", help="student-facing copies of the reports, with a summary of "
+                                                    "what is shown")
+    release_parser.add_argument("graded", type=Path, help="the output folder of vitgrade grade")
+    release_parser.add_argument("--out", type=Path, required=True, help="folder (or .zip) to write")
+    release_parser.add_argument("--now", help="decide after_due_date visibility at this time (ISO 8601 with offset)")
+    release_parser.add_argument("--rubric", type=Path, help="the rubric the class was graded with")
+    release_parser.set_defaults(func=cmd_release)
     return parser
 
 

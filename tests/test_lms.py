@@ -1,0 +1,249 @@
+"""The LMS loop: Canvas and Moodle round trips, feedback zips, release without leaks, late policy."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+import zipfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from grader.report import CheckResult, Report, write_atomic
+from grader.rubric import DEFAULT_RUBRIC, load_rubric
+
+JST = timezone(timedelta(hours=9))
+DEADLINE = "2026-12-01T23:59:00+09:00"
+INSTRUCTOR_PATH = "/home/prof-secret/course2026"
+PRIVATE_NOTE = "copied from last year, talk to them"
+
+
+def _checks(equiv_ok: bool = True, manual_points: float | None = 5.0, private: bool = False) -> list[CheckResult]:
+    manual_details = {"answer": "Q and K score, V is mixed"}
+    if private:
+        manual_details["private_note"] = PRIVATE_NOTE
+    return [
+        CheckResult("load.code", "Code found", "passed", 2.0, 2.0, "parsed 3 cells"),
+        CheckResult("equiv.self_attention", "SelfAttention", "passed", 8.0, 8.0, "max error 1e-12",
+                    {"mapping": "fused proj_in", "seed": 1234}),
+        CheckResult("equiv.vit", "ViT equals the reference", "passed" if equiv_ok else "failed",
+                    6.0 if equiv_ok else 0.0, 6.0, "" if equiv_ok else "the class token is appended after the patches"),
+        CheckResult("train.accuracy", "Test accuracy", "passed", 10.0, 10.0, "56.1 % >= 45 %"),
+        CheckResult("task3.answer", "課題3", "manual", manual_points, 6.0, "graded by a TA", manual_details),
+    ]
+
+
+def _report(student: str, submission: str, **kw) -> Report:
+    return Report(student=student, submission=submission, status="graded",
+                  checks=_checks(**kw), warnings=[f"cell 4 skipped: {INSTRUCTOR_PATH}/subs/{submission}/x.py"],
+                  sandbox={"isolation": "bwrap", "network": False, "root": f"{INSTRUCTOR_PATH}/venv"},
+                  environment={"python": f"{INSTRUCTOR_PATH}/venv/bin/python", "host": "prof-laptop"},
+                  timings={"total": 12.5}, fingerprint={"rubric": "abc"})
+
+
+@pytest.fixture()
+def graded(tmp_path) -> Path:
+    """A graded output folder as `vitgrade grade` leaves it (report.json is the source of truth)."""
+    out = tmp_path / "graded"
+    reports = [
+        _report("101", "Álvarez José_101_assignsubmission_file_"),  # Canvas user id 101 / Moodle participant 101
+        _report("102", "田中 太郎_102_assignsubmission_file_", equiv_ok=False, private=True),
+        _report("105", "Pending_105_assignsubmission_file_", manual_points=None),  # awaits a TA
+        _report("999", "stranger_999_1_vit.ipynb"),  # graded but not in the LMS file
+        Report.failure("103", "broken_103_assignsubmission_file_", "the notebook is not valid JSON"),
+        Report.failure("104", "", "no submission received", status="missing"),
+    ]
+    for report in reports:
+        write_atomic(out / "students" / report.student / "report.json", report.to_json())
+    return out
+
+
+def _reports(graded: Path) -> dict[str, Report]:
+    from grader.lms.common import graded_reports
+
+    return graded_reports(graded)
+
+
+# Canvas's export: a BOM, CRLF line endings, the Points Possible row, a test student, an assignment
+# name with a comma, read-only totals. {a101}... are the cells of the assignment being filled.
+CANVAS_TEMPLATE = (
+    "\ufeffStudent,ID,SIS User ID,SIS Login ID,Section,Homework 1 (5501),\"ViT, CIFAR-10 (5502)\","
+    "Current Points,Final Points,Current Score,Final Score\r\n"
+    "    Points Possible,,,,,10.00,70.00,(read only),(read only),(read only),(read only)\r\n"
+    "\"Álvarez, José\",101,S-0101,jalvarez,Section A,9.50,{a101},9.50,9.50,95.00,11.88\r\n"
+    "\"田中, 太郎\",102,S-0102,ttanaka,\"Section A, B\",8.00,{a102},8.00,8.00,80.00,10.00\r\n"
+    "\"Broken, Bea\",103,S-0103,bbroken,Section A,7.00,{a103},7.00,7.00,70.00,8.75\r\n"
+    "\"Missing, Max\",104,S-0104,mmissing,Section A,,{a104},,,,\r\n"
+    "\"Pending, Pat\",105,S-0105,ppending,Section A,10.00,{a105},10.00,10.00,100.00,12.50\r\n"
+    "\"Never, Submitted\",106,S-0106,nsub,Section A,6.00,{a106},6.00,6.00,60.00,7.50\r\n"
+    "\"Student, Test\",900001,,a1b2c3,Section A,,{a900001},,,,\r\n"
+)
+CANVAS_BEFORE = {"a101": "", "a102": "", "a103": "", "a104": "", "a105": "3.00", "a106": "", "a900001": ""}
+
+
+def test_canvas_round_trip_fills_only_the_graded_students_cells(graded, tmp_path):
+    from grader.lms.canvas import export_canvas
+    from grader.lms.common import format_points
+
+    exported = tmp_path / "Grades-VIT101.csv"
+    exported.write_bytes(CANVAS_TEMPLATE.format(**CANVAS_BEFORE).encode("utf-8"))
+    dest = tmp_path / "import.csv"
+    result = export_canvas(graded, exported, "ViT, CIFAR-10", dest)
+    reports = _reports(graded)
+    expected = dict(CANVAS_BEFORE, a101=format_points(reports["101"].final_score),
+                    a102=format_points(reports["102"].final_score))
+    # Byte for byte: the file as exported with exactly the two graded students' cells filled.
+    assert dest.read_bytes() == CANVAS_TEMPLATE.format(**expected).encode("utf-8")
+    assert expected["a101"] == "31" and expected["a102"] == "25"
+    rows = list(csv.reader(io.StringIO(dest.read_text("utf-8-sig"), newline="")))
+    assert rows[2][6] == "31" and rows[3][6] == "25"
+    assert result.filled == {"Álvarez, José (ID 101)": "31", "田中, 太郎 (ID 102)": "25"}
+    untouched = "\n".join(result.untouched)
+    for name in ("Broken, Bea", "Missing, Max", "Pending, Pat", "Never, Submitted", "Student, Test"):
+        assert name in untouched
+    assert "await a TA" in untouched and "no submission" in untouched and "did not submit" in untouched
+    assert result.unmatched == ["999: graded"]
+    assert any("worth 70 points" in note for note in result.notes)  # the rubric here totals 32
+
+
+def test_canvas_matches_by_sis_login_and_scales(graded, tmp_path):
+    from grader.lms.canvas import export_canvas
+
+    # Student ids taken from SIS logins instead of Canvas ids (graded with a roster of logins).
+    for sid, login in (("101", "jalvarez"), ("102", "ttanaka")):
+        folder = graded / "students" / sid
+        folder.rename(graded / "students" / login)
+        path = graded / "students" / login / "report.json"
+        path.write_text(path.read_text("utf-8").replace(f'"student": "{sid}"', f'"student": "{login}"'), "utf-8")
+    exported = tmp_path / "export.csv"
+    exported.write_bytes(CANVAS_TEMPLATE.format(**CANVAS_BEFORE).encode("utf-8"))
+    result = export_canvas(graded, exported, "5502", tmp_path / "out.csv", scale=True)
+    rows = list(csv.reader(io.StringIO((tmp_path / "out.csv").read_text("utf-8-sig"), newline="")))
+    assert rows[2][6] == "67.81"  # 31 / 32 * 70
+    assert rows[3][6] == "54.69"  # 25 / 32 * 70
+    assert len(result.filled) == 2
+
+
+def test_canvas_bad_assignment_names_the_choices(graded, tmp_path):
+    from grader.lms.canvas import export_canvas
+    from grader.lms.common import ExportError
+
+    exported = tmp_path / "export.csv"
+    exported.write_bytes(CANVAS_TEMPLATE.format(**CANVAS_BEFORE).encode("utf-8"))
+    with pytest.raises(ExportError, match=r"Homework 1 \(5501\)"):
+        export_canvas(graded, exported, "Homework 2", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+# Moodle's worksheet: fields with spaces quoted (PHP's fputcsv), LF endings, no BOM.
+MOODLE_TEMPLATE = (
+    'Identifier,"Full name","Email address",Status,Grade,"Maximum Grade","Grade can be changed",'
+    '"Last modified (submission)","Last modified (grade)","Feedback comments"\n'
+    '"Participant 101","Álvarez José",jose@example.edu,"Submitted for grading",{g101},32.00,Yes,'
+    '"Tuesday, 1 December 2026, 11:03 PM",-,{f101}\n'
+    '"Participant 102","田中 太郎",tanaka@example.jp,"Submitted for grading",{g102},32.00,Yes,'
+    '"Wednesday, 2 December 2026, 9:15 AM",-,{f102}\n'
+    '"Participant 103","Bea Broken",bea@example.edu,"Submitted for grading",{g103},32.00,Yes,'
+    '"Tuesday, 1 December 2026, 8:00 PM",-,{f103}\n'
+    '"Participant 106","Never Submitted",never@example.edu,"No submission",{g106},32.00,Yes,-,-,{f106}\n'
+)
+
+
+def test_moodle_round_trip_and_feedback_zip(graded, tmp_path):
+    from grader.lms.common import format_points
+    from grader.lms.moodle import export_moodle
+
+    blank = {f"{k}{sid}": "" for k in "gf" for sid in ("101", "102", "103", "106")}
+    worksheet = tmp_path / "Grades-ViT-12345.csv"
+    worksheet.write_bytes(MOODLE_TEMPLATE.format(**blank).encode("utf-8"))
+    rubric = load_rubric()
+    result = export_moodle(graded, worksheet, tmp_path / "moodle", rubric)
+    reports = _reports(graded)
+    out = (tmp_path / "moodle" / worksheet.name).read_text("utf-8")
+    rows = list(csv.reader(io.StringIO(out, newline="")))
+    before = list(csv.reader(io.StringIO(MOODLE_TEMPLATE.format(**blank), newline="")))
+    grade, feedback = rows[0].index("Grade"), rows[0].index("Feedback comments")
+    assert rows[1][grade] == format_points(reports["101"].final_score) == "31"
+    assert rows[2][grade] == format_points(reports["102"].final_score) == "25"
+    assert "the class token is appended after the patches" in rows[2][feedback]
+    for row, old in zip(rows, before, strict=True):  # nothing else changed
+        same = [i for i in range(len(old)) if i not in (grade, feedback)] if row[0] in (
+            "Participant 101", "Participant 102") else range(len(old))
+        assert [row[i] for i in same] == [old[i] for i in same]
+    # Byte for byte outside the two filled rows.
+    assert out.splitlines()[0] == MOODLE_TEMPLATE.splitlines()[0]
+    assert out.splitlines()[3:] == MOODLE_TEMPLATE.format(**blank).splitlines()[3:]
+    assert "Bea Broken" in "\n".join(result.untouched) and "Never Submitted" in "\n".join(result.untouched)
+    with zipfile.ZipFile(tmp_path / "moodle" / "feedback_files.zip") as archive:
+        names = archive.namelist()
+        page = archive.read(names[0]).decode()
+    assert sorted(names) == ["Álvarez José_101_assignsubmission_file_/report.html",
+                             "田中 太郎_102_assignsubmission_file_/report.html"]
+    # Moodle's importer: explode('_', folder, 5)[1] is the participant id.
+    assert [name.split("/")[0].split("_", 4)[1] for name in sorted(names)] == ["101", "102"]
+    assert INSTRUCTOR_PATH not in page and "<html" in page.lower()
+
+
+def _visibility_rubric(tmp_path: Path) -> Path:
+    text = DEFAULT_RUBRIC.read_text("utf-8") + (
+        '\n[visibility]\n"equiv.vit" = "hidden"\n"train.accuracy" = "after_due_date"\n'
+        f'\n[late]\ndeadline = {DEADLINE}\ngrace_minutes = 15\npenalty_percent = 10\nunit = "day"\ncap_percent = 30\n')
+    path = tmp_path / "rubric.toml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes().decode("utf-8", "replace")
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def test_release_leaks_nothing_instructor_only(graded, tmp_path):
+    rubric = load_rubric(_visibility_rubric(tmp_path))
+    dest = tmp_path / "release"
+    before_due = subprocess.run([sys.executable, "-m", "grader", "release", str(graded), "--out", str(dest),
+                                 "--rubric", str(_visibility_rubric(tmp_path)), "--now", "2026-12-01T12:00:00+09:00"],
+                                capture_output=True, text=True, timeout=120)
+    assert before_due.returncode == 0, before_due.stderr
+    assert "checks NOT shown: equiv.vit, train.accuracy" in before_due.stdout
+    files = _files(dest)
+    students = sorted({name.split("/")[0] for name in files if "/" in name})
+    assert students == ["101", "102", "103", "105", "999"]  # 104 has no submission: nothing to release
+    for name, text in files.items():
+        assert INSTRUCTOR_PATH not in text and "prof-laptop" not in text, name
+        assert PRIVATE_NOTE not in text and "1234" not in text, name  # TA note, seeds
+        assert "equiv.vit" not in text and "ViT equals the reference" not in text, name  # the hidden check
+        assert "train.accuracy" not in text, name  # after the due date only
+        if "/" in name:
+            own = name.split("/")[0]
+            assert not any(other in text for other in ("Álvarez", "田中", "stranger") if other not in
+                           {"101": "Álvarez", "102": "田中", "999": "stranger"}.get(own, "")), name
+    released = Report.from_dict(__import__("json").loads(files["102/report.json"]))
+    assert released.environment == {} and released.timings == {} and released.fingerprint == {}
+    assert released.submission == "田中 太郎_102_assignsubmission_file_"
+    assert any("not shown" in w for w in released.warnings)
+    # After the deadline the after_due_date check is shown; the hidden one never is.
+    from grader.lms.release import student_view
+
+    after = student_view(_reports(graded)["102"], rubric, datetime(2026, 12, 2, tzinfo=JST))
+    assert {c.id for c in after.checks} == {"load.code", "equiv.self_attention", "train.accuracy", "task3.answer"}
+    # The instructor's own report still has everything.
+    assert _reports(graded)["102"].check("equiv.vit") is not None
+
+
+def test_export_folder_zip_and_cli_usage_errors(graded, tmp_path):
+    dest = tmp_path / "feedback.zip"
+    done = subprocess.run([sys.executable, "-m", "grader", "export", "folder", str(graded), "--out", str(dest)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(dest) as archive:
+        assert "101/report.html" in archive.namelist() and "RELEASE.md" in archive.namelist()
+    bad = subprocess.run([sys.executable, "-m", "grader", "export", "canvas", str(graded), "--out",
+                          str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--gradebook" in bad.stderr
+    not_graded = subprocess.run([sys.executable, "-m", "grader", "export", "folder", str(tmp_path), "--out",
+                                 str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
+    assert not_graded.returncode == 2 and "not a vitgrade output folder" in not_graded.stderr
