@@ -245,6 +245,16 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gradescope(args: argparse.Namespace) -> int:
+    from grader.lms.gradescope_autograder import build_autograder
+
+    rubric = _rubric(args)
+    path = build_autograder(args.out, rubric, accuracy=args.accuracy, timeout=args.timeout)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): upload it as the assignment's autograder "
+          f"(rubric {rubric.path.name}, accuracy {args.accuracy})")
+    return 0
+
+
 def _rubric(args: argparse.Namespace):
     from grader.rubric import RubricError, load_rubric
 
@@ -356,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     release_parser.add_argument("--now", help="decide after_due_date visibility at this time (ISO 8601 with offset)")
     release_parser.add_argument("--rubric", type=Path, help="the rubric the class was graded with")
     release_parser.set_defaults(func=cmd_release)
+
+    gradescope = sub.add_parser("gradescope", help="build Gradescope's autograder.zip (setup.sh, run_autograder, "
+                                                   "this package, the rubric)")
+    gradescope.add_argument("--out", type=Path, required=True, help="the zip to write (autograder.zip)")
+    gradescope.add_argument("--rubric", type=Path, help="rubric to grade with (default: the bundled one)")
+    gradescope.add_argument("--accuracy", choices=["off", "quick", "full", "auto"], default="auto",
+                            help="accuracy mode on Gradescope (auto: full with CUDA, quick without)")
+    gradescope.add_argument("--timeout", type=float, help="seconds per submission (default: the rubric's)")
+    gradescope.set_defaults(func=cmd_gradescope)
     return parser
 
 

@@ -247,3 +247,101 @@ def test_export_folder_zip_and_cli_usage_errors(graded, tmp_path):
     not_graded = subprocess.run([sys.executable, "-m", "grader", "export", "folder", str(tmp_path), "--out",
                                  str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
     assert not_graded.returncode == 2 and "not a vitgrade output folder" in not_graded.stderr
+
+
+def _gradescope_rubric(tmp_path: Path, code_rubric_file: Path) -> Path:
+    """A few quick checks (the run stays cheap), one hidden, one shown after the deadline, and a late policy."""
+    import tomlkit
+
+    data = tomlkit.parse(code_rubric_file.read_text("utf-8"))
+    keep = ("load.code", "load.definitions", "static.forbidden", "equiv.self_attention", "equiv.vit",
+            "props.determinism")
+    for check_id in [k for k in data["points"] if k not in keep]:
+        del data["points"][check_id]
+    text = tomlkit.dumps(data) + (
+        '\n[visibility]\n"equiv.vit" = "hidden"\n"props.determinism" = "after_due_date"\n'
+        f'\n[late]\ndeadline = {DEADLINE}\npenalty_percent = 10\nunit = "day"\n')
+    path = tmp_path / "gs_rubric.toml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def test_gradescope_autograder_runs_in_a_laid_out_root(tmp_path, code_rubric_file):
+    """Build autograder.zip, lay out Gradescope's /autograder tree in a temporary root and run
+    run_autograder there. setup.sh's installation is NOT run here (it needs apt and PyPI): the
+    package comes from the zip's own source folder on PYTHONPATH, with this interpreter."""
+    from assignments import assignment_dir
+
+    archive = tmp_path / "autograder.zip"
+    built = subprocess.run([sys.executable, "-m", "grader", "gradescope", "--out", str(archive), "--rubric",
+                            str(_gradescope_rubric(tmp_path, code_rubric_file)), "--accuracy", "off"],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    root = tmp_path / "autograder"
+    with zipfile.ZipFile(archive) as zipped:
+        names = zipped.namelist()
+        modes = {info.filename: info.external_attr >> 16 for info in zipped.infolist()}
+        zipped.extractall(root / "source")
+    assert {"setup.sh", "run_autograder", "rubric.toml", "config.json", "vit_autograder/pyproject.toml",
+            "vit_autograder/grader/cli.py", "vit_autograder/reference/__init__.py"} <= set(names)
+    assert modes["run_autograder"] & 0o111 and modes["setup.sh"] & 0o111
+    assert not any("/examples/" in name or "__pycache__" in name for name in names)
+    assert "pip install" in (root / "source" / "setup.sh").read_text() and "./vit_autograder" in (
+        root / "source" / "setup.sh").read_text()
+    for path in (root / "source").rglob("*"):  # extractall drops the modes; Gradescope's unzip keeps them
+        if path.name in ("run_autograder", "setup.sh"):
+            path.chmod(0o755)
+    (root / "submission").mkdir()
+    (root / "submission" / "my_vit.py").write_bytes((assignment_dir() / "examples" / "s1002_separate_qkv.py").read_bytes())
+    # Submitted 1 day and 1 minute after the deadline (Gradescope's own record of the time).
+    (root / "submission_metadata.json").write_text('{"created_at": "2026-12-03T00:00:00.000000+09:00"}')
+    env = {"PATH": "/usr/bin:/bin", "VITGRADE_AUTOGRADER_ROOT": str(root), "VITGRADE_PYTHON": sys.executable,
+           "PYTHONPATH": str(root / "source" / "vit_autograder")}
+    ran = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    results = __import__("json").loads((root / "results" / "results.json").read_text())
+    tests = {t["number"]: t for t in results["tests"]}
+    assert "equiv.vit" not in tests  # hidden: absent from what the student sees
+    assert tests["props.determinism"]["visibility"] == "after_due_date"
+    assert tests["equiv.self_attention"]["visibility"] == "visible" and tests["equiv.self_attention"]["score"] == 8
+    raw = sum(t.get("score", 0) for t in results["tests"])
+    max_score = sum(t["max_score"] for t in results["tests"])
+    assert results["score"] == pytest.approx(raw - 0.2 * max_score)  # 2 started days late, 10 % a day
+    assert results["output"].startswith("sandbox isolation: ")
+    assert results["extra_data"]["sandbox"]["isolation"] in ("bwrap", "unshare", "none")
+    assert "2 days late" in results["output"]
+
+
+def test_gradescope_autograder_results_say_grader_failure(tmp_path):
+    """A broken autograder (here: no rubric) still leaves a results.json, which blames the grader."""
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ran = subprocess.run([sys.executable, "-m", "grader.lms.gradescope_autograder", "--root", str(root)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1
+    results = __import__("json").loads((root / "results" / "results.json").read_text())
+    assert results["extra_data"] == {"fault": "grader"} and "not because of your submission" in results["output"]
+
+
+def test_gradescope_autograder_source_installs_with_pip(tmp_path):
+    """The zip's package folder is pip-installable and carries its templates and rubric (no dependencies
+    fetched: --no-deps --no-index)."""
+    from grader.lms.gradescope_autograder import build_autograder
+
+    try:
+        from setuptools.command.bdist_wheel import bdist_wheel  # noqa: F401  (setuptools >= 70.1)
+    except ImportError:
+        pytest.skip("this environment's setuptools cannot build wheels without the network (needs >= 70.1)")
+    archive = build_autograder(tmp_path / "autograder.zip", load_rubric())
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(tmp_path / "source")
+    target = tmp_path / "installed"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--target", str(target), str(tmp_path / "source" / "vit_autograder")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (target / "grader" / "render" / "templates" / "report.html.j2").is_file()
+    assert (target / "assignments" / "vit_cifar10" / "rubric.toml").is_file()
+    assert (target / "bin" / "vitgrade").is_file()

@@ -75,14 +75,15 @@ class LatePolicy:
         due = self.deadline + extension
         late = submitted - due
         entry: dict[str, Any] = {"submitted_at": submitted.isoformat(), "deadline": due.isoformat(),
-                                 "late_seconds": max(0, int(late.total_seconds())), "penalty": 0.0}
+                                 "late_seconds": max(0, int(late.total_seconds())), "penalty": 0.0,
+                                 "penalty_percent": 0.0}
         if extension:
             entry["extension_hours"] = round(extension.total_seconds() / 3600, 4)
         if late <= self.grace:
             entry["reason"] = "on time" if late <= timedelta(0) else "within the grace period"
             return entry
         if self.policy == "not_accepted" or (self.reject_after is not None and late > self.reject_after):
-            entry.update(penalty=max_score, reason="late work is not accepted" if self.policy == "not_accepted"
+            entry.update(penalty=max_score, penalty_percent=100.0, reason="late work is not accepted" if self.policy == "not_accepted"
                          else f"more than {self.reject_after.total_seconds() / 3600:g} h late: not accepted")
             return entry
         units = math.ceil((late - self.grace).total_seconds() / UNIT_SECONDS[self.unit])

@@ -150,13 +150,14 @@ def release(reports: list[Report], rubric: Rubric, dest: Path, now: datetime | N
     return result
 
 
-def zip_bytes(entries: dict[str, bytes]) -> bytes:
-    """A zip of `entries` (name -> bytes) with UTF-8 names and a fixed timestamp (same input, same zip)."""
+def zip_bytes(entries: dict[str, bytes], executable: set[str] = frozenset()) -> bytes:
+    """A zip of `entries` (name -> bytes) with UTF-8 names and a fixed timestamp (same input, same zip);
+    the names in `executable` get mode 755."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries.items():
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
+            info.external_attr = (0o755 if name in executable else 0o644) << 16
             archive.writestr(info, data)
     return buffer.getvalue()
