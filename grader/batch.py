@@ -41,6 +41,10 @@ class BatchOptions:
     id_pattern: str | None = None
     data_dir: Path | None = None
     progress: bool = True
+    # The late policy's inputs (grader/lms/deadlines.py); used when the rubric has a [late] section.
+    submitted: Path | None = None
+    extensions: Path | None = None
+    worksheet: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,10 @@ def local_executor(entries: list[Entry], grade: Callable[[Entry], Report], done:
 def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = local_executor) -> BatchSummary:
     """Grade every submission under `paths` into options.out; see DESIGN.md for the layout."""
     rubric = options.rubric or load_rubric()
+    from grader.lms.deadlines import apply_late_policy, read_late_inputs
+
+    late_inputs = read_late_inputs(rubric, submitted=options.submitted, extension_csv=options.extensions,
+                                   worksheet=options.worksheet)  # bad input fails before anyone is graded
     entries, notes = discover(paths, options.id_pattern)
     out = options.out
     summary = BatchSummary(out=out, notes=notes)
@@ -246,5 +254,6 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
                 from grader.manual import merge_manual
 
                 summary.notes += merge_manual(out, options.manual)
+            summary.notes += apply_late_policy(out, rubric, {e.student_id: e.path for e in entries}, late_inputs)
             summary.missing = write_summary(out, entries, options.roster, rubric)
     return summary

@@ -52,6 +52,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         out=args.out, rubric=_rubric(args), roster=args.roster, workers=args.workers, accuracy=args.accuracy,
         timeout=args.timeout, resume=args.resume, manual=args.manual, gradescope=args.gradescope,
         isolation=args.isolation, id_pattern=args.id_pattern, data_dir=args.data_dir, progress=not args.quiet,
+        submitted=args.submitted, extensions=args.extensions, worksheet=args.worksheet,
     )
     try:
         if args.executor == "ray":
@@ -61,7 +62,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
             summary = grade_batch(args.submissions, options, executor=ray_executor(args.ray_address, num_gpus=gpus))
         else:
             summary = grade_batch(args.submissions, options)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # LatePolicyError is a ValueError
         raise UsageError(str(exc)) from None
     print(summary.describe())
     return 0
@@ -291,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
     grade.add_argument("--id-pattern", help="regex with a group named 'id' to take student ids from file names")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade.add_argument("--submitted", type=Path, help="late policy: CSV of student_id, submitted_at (ISO 8601)")
+    grade.add_argument("--extensions", type=Path, help="late policy: CSV of student_id, extension_hours")
+    grade.add_argument("--worksheet", type=Path,
+                       help="late policy: Moodle's grading worksheet (its 'Last modified (submission)' times)")
     grade.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local process pool (default) or a Ray cluster (pip install \"vit-autograder[ray]\")")
     grade.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray cluster)")

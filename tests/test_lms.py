@@ -345,3 +345,108 @@ def test_gradescope_autograder_source_installs_with_pip(tmp_path):
     assert (target / "grader" / "render" / "templates" / "report.html.j2").is_file()
     assert (target / "assignments" / "vit_cifar10" / "rubric.toml").is_file()
     assert (target / "bin" / "vitgrade").is_file()
+
+
+def _policy(**table):
+    from grader.lms.late import LatePolicy
+
+    return LatePolicy.from_table({"deadline": datetime.fromisoformat(DEADLINE), **table}, "late")
+
+
+DUE = datetime.fromisoformat(DEADLINE)
+
+
+@pytest.mark.parametrize(("submitted", "table", "extension_h", "penalty", "reason"), [
+    (DUE - timedelta(hours=1), {"penalty_percent": 10}, 0, 0.0, "on time"),
+    (DUE, {"penalty_percent": 10}, 0, 0.0, "on time"),
+    (DUE + timedelta(minutes=14), {"penalty_percent": 10, "grace_minutes": 15}, 0, 0.0, "within the grace period"),
+    (DUE + timedelta(minutes=16), {"penalty_percent": 10, "grace_minutes": 15}, 0, 8.0, "1 day late: -10 %"),
+    (DUE + timedelta(hours=3, minutes=1), {"penalty_percent": 5, "unit": "hour"}, 0, 16.0, "4 hours late: -20 %"),
+    (DUE + timedelta(days=2, hours=1), {"penalty_percent": 10}, 0, 24.0, "3 days late: -30 %"),
+    (DUE + timedelta(days=9), {"penalty_percent": 10, "cap_percent": 50}, 0, 40.0, "9 days late: -50 % (capped)"),
+    (DUE + timedelta(hours=30), {"penalty_percent": 10}, 48, 0.0, "on time"),  # a 48 h extension
+    (DUE + timedelta(hours=50), {"penalty_percent": 10}, 48, 8.0, "1 day late: -10 %"),
+    (DUE + timedelta(seconds=1), {"policy": "not_accepted"}, 0, 80.0, "late work is not accepted"),
+    (DUE - timedelta(seconds=1), {"policy": "not_accepted"}, 0, 0.0, "on time"),
+    (DUE + timedelta(hours=73), {"penalty_percent": 10, "reject_after_hours": 72}, 0, 80.0, "more than 72 h late"),
+])
+def test_late_policy(submitted, table, extension_h, penalty, reason):
+    late = _policy(**table).assess(submitted, 80.0, timedelta(hours=extension_h))
+    assert late["penalty"] == penalty
+    assert late["reason"].startswith(reason)
+    report = Report("s", "x", "graded", [CheckResult("load.code", "t", "passed", 50.0, 80.0)], late=late)
+    assert report.score == 50.0 and report.final_score == max(0.0, 50.0 - penalty)  # score stays the raw score
+    assert Report.from_dict(__import__("json").loads(report.to_json())).final_score == report.final_score
+
+
+def test_late_policy_rejects_a_deadline_without_time_zone(tmp_path):
+    from grader.rubric import RubricError
+
+    path = tmp_path / "r.toml"
+    path.write_text(DEFAULT_RUBRIC.read_text("utf-8") + '\n[late]\ndeadline = 2026-12-01T23:59:00\n', "utf-8")
+    with pytest.raises(RubricError, match="has no time zone"):
+        load_rubric(path)
+    path.write_text(DEFAULT_RUBRIC.read_text("utf-8") + '\n[late]\ndeadline = 2026-12-01T23:59:00\n'
+                    'timezone = "Asia/Tokyo"\npenalty_percent = 10\n', "utf-8")
+    assert load_rubric(path).late.deadline.utcoffset() == timedelta(hours=9)
+    path.write_text(DEFAULT_RUBRIC.read_text("utf-8") + '\n[visibility]\n"equiv.vit" = "after_due_date"\n', "utf-8")
+    with pytest.raises(RubricError, match="needs a deadline"):
+        load_rubric(path)
+
+
+def test_late_policy_applied_to_a_graded_folder(graded, tmp_path):
+    """Times from --submitted, Moodle's worksheet and file times (with a warning); an extension; Canvas's
+    late mark compared with the time used; the gradebook gets raw score, penalty and final score."""
+    import os
+
+    from grader.gradebook import gradebook_frame, load_reports
+    from grader.lms.deadlines import FILE_TIME_WARNING, apply_late_policy, read_late_inputs
+
+    rubric = load_rubric(_visibility_rubric(tmp_path))  # 10 % a day, 15 min grace, cap 30 %
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    paths = {sid: subs / name for sid, name in (("101", "Álvarez José_101_assignsubmission_file_"),
+                                                ("102", "田中 太郎_102_assignsubmission_file_"),
+                                                ("105", "pending_late_105_77_vit.ipynb"),
+                                                ("999", "stranger_999_1_vit.ipynb"))}
+    for path in paths.values():
+        path.write_text("{}")
+    on_time = (DUE - timedelta(days=1)).timestamp()
+    os.utime(paths["105"], (on_time, on_time))  # Canvas says late, the file says on time
+    os.utime(paths["999"], (DUE.timestamp() + 3 * 86400, DUE.timestamp() + 3 * 86400))  # 3 days: capped at 30 %
+    submitted = tmp_path / "submitted.csv"
+    submitted.write_text("student_id,submitted_at\n101,2026-12-02T00:10:00+09:00\n", "utf-8")  # in the grace period
+    worksheet = tmp_path / "worksheet.csv"
+    worksheet.write_text(MOODLE_TEMPLATE.format(**{f"{k}{s}": "" for k in "gf" for s in ("101", "102", "103", "106")}),
+                         "utf-8")  # 102: "Wednesday, 2 December 2026, 9:15 AM" in the deadline's zone: 1 day late
+    extensions_csv = tmp_path / "extensions.csv"
+    extensions_csv.write_text("student_id,extension_hours\n102,6\n", "utf-8")  # due 05:59 the next day: still late
+    inputs = read_late_inputs(rubric, submitted=submitted, extension_csv=extensions_csv, worksheet=worksheet)
+    notes = apply_late_policy(graded, rubric, paths, inputs)
+    reports = {r.student: r for r in load_reports(graded)[0]}
+    assert reports["101"].late["reason"] == "within the grace period" and reports["101"].penalty == 0
+    assert reports["102"].late["reason"] == "1 day late: -10 %" and reports["102"].late["extension_hours"] == 6
+    assert reports["102"].penalty == 3.2 and reports["102"].final_score == 25 - 3.2
+    assert reports["999"].late["reason"] == "3 days late: -30 %" and reports["999"].penalty == pytest.approx(9.6)
+    assert FILE_TIME_WARNING in reports["999"].warnings and FILE_TIME_WARNING not in reports["101"].warnings
+    assert any("Canvas marked this submission late" in w for w in reports["105"].warnings)
+    assert any("file times" in note for note in notes)
+    assert "late penalty 3.2" in (graded / "students" / "102" / "report.html").read_text()
+    frame = gradebook_frame(list(reports.values()), list(rubric.points)).set_index("student")
+    assert frame.loc["102", ["score", "penalty", "final_score"]].tolist() == [25.0, 3.2, 21.8]
+    # Run again with nothing changed: the reports are not rewritten.
+    before = (graded / "students" / "102" / "report.json").stat().st_mtime_ns
+    apply_late_policy(graded, rubric, paths, inputs)
+    assert (graded / "students" / "102" / "report.json").stat().st_mtime_ns == before
+
+
+def test_grade_refuses_late_inputs_without_a_deadline_before_grading(tmp_path):
+    from assignments import assignment_dir
+
+    submitted = tmp_path / "submitted.csv"
+    submitted.write_text("student_id,submitted_at\ns1,2026-12-02T00:10:00+09:00\n", "utf-8")
+    done = subprocess.run([sys.executable, "-m", "grader", "grade", str(assignment_dir() / "examples"), "--out",
+                           str(tmp_path / "out"), "--submitted", str(submitted), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "need a deadline" in done.stderr
+    assert not (tmp_path / "out" / "students").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -95,7 +95,7 @@ class LatePolicy:
         return entry
 
 
-def parse_time(value: Any, zone: ZoneInfo | None, where: str) -> datetime:
+def parse_time(value: Any, zone: tzinfo | None, where: str) -> datetime:
     """A time-zone aware datetime from TOML (datetime) or text (ISO 8601); a time without an offset
     takes `zone`, and without `zone` it is an error (a deadline must say which midnight it means)."""
     if isinstance(value, date) and not isinstance(value, datetime):
@@ -115,7 +115,7 @@ def parse_time(value: Any, zone: ZoneInfo | None, where: str) -> datetime:
     return value
 
 
-def read_times(path: Path, zone: ZoneInfo | None, value_column: str) -> dict[str, str]:
+def read_times(path: Path, value_column: str) -> dict[str, str]:
     """student_id -> text of `value_column` from a CSV (submission times or extensions)."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -127,16 +127,16 @@ def read_times(path: Path, zone: ZoneInfo | None, value_column: str) -> dict[str
     return {row["student_id"].strip(): (row[value_column] or "").strip() for row in rows if row["student_id"]}
 
 
-def submitted_times(path: Path, zone: ZoneInfo | None = None) -> dict[str, datetime]:
-    """A --submitted CSV: student_id, submitted_at (ISO 8601, with an offset or in the rubric's time zone)."""
+def submitted_times(path: Path, zone: tzinfo | None = None) -> dict[str, datetime]:
+    """A --submitted CSV: student_id, submitted_at (ISO 8601, with an offset or in the deadline's time zone)."""
     return {sid: parse_time(text, zone, f"{path}: {sid}")
-            for sid, text in read_times(path, zone, "submitted_at").items() if text}
+            for sid, text in read_times(path, "submitted_at").items() if text}
 
 
 def extensions(path: Path) -> dict[str, timedelta]:
     """An extensions CSV: student_id, extension_hours (a number of hours added to the deadline)."""
     result = {}
-    for sid, text in read_times(path, None, "extension_hours").items():
+    for sid, text in read_times(path, "extension_hours").items():
         try:
             hours = float(text)
         except ValueError:
