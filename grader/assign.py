@@ -98,8 +98,9 @@ class Built:
     files: list[Path] = field(default_factory=list)
 
 
-def assign(out: Path, languages: tuple[str, ...] = LANGUAGES) -> Built:
-    """Write student/ (notebooks + the self-check bundle) and instructor/ (solutions + rubric) under `out`."""
+def assign(out: Path, languages: tuple[str, ...] = LANGUAGES, rubric_path: Path | None = None) -> Built:
+    """Write student/ (notebooks + the self-check bundle) and instructor/ (solutions + rubric) under `out`;
+    `rubric_path` (default: the bundled rubric) is the instructor's, the bundle gets its public part."""
     from grader.bundle import write_bundle
 
     built = Built()
@@ -112,7 +113,7 @@ def assign(out: Path, languages: tuple[str, ...] = LANGUAGES) -> Built:
             nbformat.write(build_notebook(lang, version), path)
             built.files.append(path)
     rubric = instructor / "rubric.toml"
-    shutil.copyfile(assignment_dir() / "rubric.toml", rubric)
+    shutil.copyfile(rubric_path or assignment_dir() / "rubric.toml", rubric)
     built.files.append(rubric)
-    built.files.append(write_bundle(student / "vitgrade_student"))
+    built.files.append(write_bundle(student / "vitgrade_student", rubric_path))
     return built

@@ -181,7 +181,8 @@ def cmd_assign(args: argparse.Namespace) -> int:
         raise UsageError("`vitgrade assign` needs the instructor's package (the student bundle cannot build "
                          "handouts)") from None
     languages = LANGUAGES if args.lang == "all" else (args.lang,)
-    built = assign(args.out, languages)
+    rubric = _rubric(args) if args.rubric else None  # validated before anything is built
+    built = assign(args.out, languages, rubric.path if rubric else None)
     for path in built.files:
         print(path)
     print(f"built {len(built.files)} files under {args.out}: hand out {args.out / 'student'}, keep "
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "self-check bundle")
     assign_parser.add_argument("--out", type=Path, required=True, help="output folder")
     assign_parser.add_argument("--lang", choices=["ja", "en", "all"], default="all")
+    assign_parser.add_argument("--rubric", type=Path, help="the course rubric (default: the bundled one); the bundle "
+                                                           "leaves out its hidden and after_due_date checks")
     assign_parser.set_defaults(func=cmd_assign)
 
     calibrate = sub.add_parser("calibrate", help="train the reference over several seeds; suggest the margin")

@@ -450,3 +450,27 @@ def test_grade_refuses_late_inputs_without_a_deadline_before_grading(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "need a deadline" in done.stderr
     assert not (tmp_path / "out" / "students").exists()
+
+
+def test_student_bundle_carries_no_hidden_check_nor_its_vectors(tmp_path):
+    import numpy as np
+
+    from grader.bundle import write_bundle
+    from grader.expected import VectorExpected
+
+    path = tmp_path / "course.toml"
+    path.write_text(DEFAULT_RUBRIC.read_text("utf-8") + (
+        '\n[visibility]\n"equiv.vit" = "hidden"\n"train.accuracy" = "after_due_date"\n"equiv.fnn" = "visible"\n'
+        f'\n[late]\ndeadline = {DEADLINE}\n'), "utf-8")
+    bundle = write_bundle(tmp_path / "bundle", path)
+    student = load_rubric(bundle / "assignments" / "vit_cifar10" / "rubric.toml")
+    assert "equiv.vit" not in student.points and "train.accuracy" not in student.points
+    assert {"equiv.fnn", "equiv.encoder_layer", "equiv.self_attention"} <= set(student.points)
+    assert student.visibility == {} and student.late is not None
+    text = (bundle / "assignments" / "vit_cifar10" / "rubric.toml").read_text("utf-8")
+    assert "equiv.vit" not in text
+    with np.load(bundle / "grader" / "test_vectors.npz", allow_pickle=False) as data:
+        names = set(data.files)
+    assert not any(name.startswith(("ViT/", "patches/")) for name in names)  # only equiv.vit reads them
+    assert {"FNN/output", "SelfAttention/output", "TransformerEncoderLayer/output"} <= names
+    assert VectorExpected(bundle / "grader" / "test_vectors.npz").output("FNN")[0].shape[0] == 2
