@@ -19,6 +19,8 @@ JST = timezone(timedelta(hours=9))
 DEADLINE = "2026-12-01T23:59:00+09:00"
 INSTRUCTOR_PATH = "/home/prof-secret/course2026"
 PRIVATE_NOTE = "copied from last year, talk to them"
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 
 
 def _checks(equiv_ok: bool = True, manual_points: float | None = 5.0, private: bool = False) -> list[CheckResult]:
@@ -58,6 +60,7 @@ def graded(tmp_path) -> Path:
     ]
     for report in reports:
         write_atomic(out / "students" / report.student / "report.json", report.to_json())
+    write_atomic(out / "students" / "101" / "training.png", PNG)
     return out
 
 
@@ -212,6 +215,7 @@ def test_release_leaks_nothing_instructor_only(graded, tmp_path):
     files = _files(dest)
     students = sorted({name.split("/")[0] for name in files if "/" in name})
     assert students == ["101", "102", "103", "105", "999"]  # 104 has no submission: nothing to release
+    assert (dest / "101" / "training.png").read_bytes() == PNG and "data:image/png" in files["101/report.html"]
     for name, text in files.items():
         assert INSTRUCTOR_PATH not in text and "prof-laptop" not in text, name
         assert PRIVATE_NOTE not in text and "1234" not in text, name  # TA note, seeds

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grader.report import Report
+from grader.report import Report, load_report
 
 
 class ExportError(ValueError):
@@ -13,15 +13,21 @@ class ExportError(ValueError):
 
 
 def graded_reports(graded: Path) -> dict[str, Report]:
-    """The reports of a `vitgrade grade` output folder by student id (report.json is the source of truth)."""
-    from grader.gradebook import load_reports
-
+    """The reports of a `vitgrade grade` output folder by student id (report.json is the source of truth),
+    with the pictures beside them (the student-facing pages show them)."""
     if not (graded / "students").is_dir():
         raise ExportError(f"{graded}: not a vitgrade output folder (no students/ inside); run vitgrade grade first")
-    reports, problems = load_reports(graded)
+    reports, problems = {}, []
+    for path in sorted((graded / "students").glob("*/report.json")):
+        try:
+            report = load_report(path, pictures=True)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            problems.append(f"{path}: unreadable report ({exc}); regrade that student")
+            continue
+        reports[report.student] = report
     if problems:
         raise ExportError("; ".join(problems))
-    return {r.student: r for r in reports}
+    return reports
 
 
 def needs_regrade(report: Report) -> bool:
