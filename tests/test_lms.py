@@ -188,6 +188,16 @@ def test_moodle_round_trip_and_feedback_zip(graded, tmp_path):
     # Moodle's importer: explode('_', folder, 5)[1] is the participant id.
     assert [name.split("/")[0].split("_", 4)[1] for name in sorted(names)] == ["101", "102"]
     assert INSTRUCTOR_PATH not in page and "<html" in page.lower()
+    assert not result.notes  # the worksheet's maximum grade is the reports' 32
+    # A worksheet worth 100 with one locked grade: said on stdout; --scale converts.
+    other = tmp_path / "other.csv"
+    other.write_text(MOODLE_TEMPLATE.format(**blank).replace("32.00", "100.00").replace(
+        'tanaka@example.jp,"Submitted for grading",,100.00,Yes', 'tanaka@example.jp,"Submitted for grading",,100.00,No'),
+        "utf-8")
+    notes = "\n".join(export_moodle(graded, other, tmp_path / "other", rubric).notes)
+    assert "maximum grade is 100" in notes and "cannot be changed" in notes and "田中 太郎" in notes
+    scaled = export_moodle(graded, other, tmp_path / "scaled", rubric, scale=True)
+    assert scaled.filled["Álvarez José (Participant 101)"] == "96.88"  # 31 / 32 * 100
 
 
 def _visibility_rubric(tmp_path: Path) -> Path:

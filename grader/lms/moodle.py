@@ -29,6 +29,7 @@ from grader.rubric import Rubric
 IDENTIFIER, GRADE, FULL_NAME, FEEDBACK = "Identifier", "Grade", "Full name", "Feedback comments"
 MAXIMUM = ("Maximum Grade", "Maximum grade")
 MODIFIED_GRADE = "Last modified (grade)"
+CAN_CHANGE = "Grade can be changed"
 SUBMITTED = "Last modified (submission)"
 PARTICIPANT = re.compile(r"^\D*?(\d+)\s*$")  # "Participant 123456" (the word is translated in other languages)
 FEEDBACK_ZIP = "feedback_files.zip"
@@ -81,6 +82,9 @@ def export_moodle(graded: Path, worksheet: Path, dest: Path, rubric: Rubric, *, 
                             "assignment): only grades are filled; the feedback is in the zip")
     zip_entries: dict[str, bytes] = {}
     used: set[str] = set()
+    other_maximum: set[float] = set()
+    locked: list[str] = []
+    can_change_col = header.index(CAN_CHANGE) if CAN_CHANGE in header else None
     for record in table.records[1:]:
         participant = participant_id(record.value(id_col))
         if participant is None:
@@ -101,9 +105,10 @@ def export_moodle(graded: Path, worksheet: Path, dest: Path, rubric: Rubric, *, 
         score = report.final_score  # the grade counts every check, shown or not (as Gradescope's hidden tests)
         if scale and maximum and report.max_score:
             score = score * maximum / report.max_score
-        elif maximum is not None and maximum != report.max_score and not scale:
-            result.notes.append(f"note: {label}: Moodle's maximum grade is {maximum:g}, the report's "
-                                f"{report.max_score:g} (pass --scale to convert)")
+        elif maximum is not None and maximum != report.max_score:
+            other_maximum.add(maximum)
+        if can_change_col is not None and record.value(can_change_col).strip().lower() == "no":
+            locked.append(label)
         value = format_points(score)
         record.set(grade_col, value)
         if feedback_col is not None:
@@ -113,6 +118,13 @@ def export_moodle(graded: Path, worksheet: Path, dest: Path, rubric: Rubric, *, 
         zip_entries[f"{feedback_folder(full_name, participant)}/report.html"] = render_html(view).encode()
         result.filled[label] = value
     result.unmatched = [f"{sid}: {r.status}" for sid, r in sorted(reports.items()) if sid not in used]
+    if other_maximum:
+        result.notes.append(f"note: Moodle's maximum grade is {', '.join(f'{m:g}' for m in sorted(other_maximum))}, "
+                            "not the reports' maximum score; the scores are written as they are (pass --scale to "
+                            "convert them)")
+    if locked:
+        result.notes.append(f"warning: Moodle says the grade cannot be changed (locked or overridden in the "
+                            f"gradebook) for {len(locked)} student(s), so it will ignore their row: {'; '.join(locked)}")
     sheet = dest / worksheet.name
     if sheet.resolve() == worksheet.resolve():
         raise ExportError(f"--out {dest} would overwrite the worksheet itself; choose another folder")
