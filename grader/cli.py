@@ -221,14 +221,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             if not args.worksheet:
                 raise UsageError("export moodle needs --worksheet CSV (Moodle's 'Download grading worksheet')")
             result = export_moodle(args.graded, args.worksheet, args.out, _rubric(args), now=_now(args),
-                                   scale=args.scale, allow_pending=args.allow_pending)
+                                   scale=args.scale, allow_pending=args.allow_pending,
+                                   rubric_given=args.rubric is not None)
         else:
-            from grader.lms.common import graded_reports
-            from grader.lms.release import release
-
-            done = release(list(graded_reports(args.graded).values()), _rubric(args), args.out, _now(args))
-            print(done.describe(), end="")
-            return 0
+            return cmd_release(args)
     except ExportError as exc:
         raise UsageError(str(exc)) from None
     print(result.describe())
@@ -236,14 +232,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from grader.lms.common import ExportError, graded_reports
+    from grader.lms.common import ExportError, check_rubric, graded_reports
     from grader.lms.release import release
 
+    rubric = _rubric(args)
     try:
-        done = release(list(graded_reports(args.graded).values()), _rubric(args), args.out, _now(args))
+        reports = graded_reports(args.graded)
+        notes = check_rubric(reports, rubric, explicit=args.rubric is not None)
+        done = release(list(reports.values()), rubric, args.out, _now(args))
     except ExportError as exc:
         raise UsageError(str(exc)) from None
-    print(done.describe(), end="")
+    print("\n".join([*notes, done.describe()]), end="")
     return 0
 
 

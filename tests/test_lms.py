@@ -43,7 +43,7 @@ def _report(student: str, submission: str, **kw) -> Report:
                   checks=_checks(**kw), warnings=[f"cell 4 skipped: {INSTRUCTOR_PATH}/subs/{submission}/x.py"],
                   sandbox={"isolation": "bwrap", "network": False, "root": f"{INSTRUCTOR_PATH}/venv"},
                   environment={"python": f"{INSTRUCTOR_PATH}/venv/bin/python", "host": "prof-laptop"},
-                  timings={"total": 12.5}, fingerprint={"rubric": "abc"})
+                  timings={"total": 12.5}, fingerprint={"rubric": load_rubric().digest})
 
 
 @pytest.fixture()
@@ -250,9 +250,16 @@ def test_release_leaks_nothing_instructor_only(graded, tmp_path):
 
 def test_export_folder_zip_and_cli_usage_errors(graded, tmp_path):
     dest = tmp_path / "feedback.zip"
-    done = subprocess.run([sys.executable, "-m", "grader", "export", "folder", str(graded), "--out", str(dest)],
-                          capture_output=True, text=True, timeout=120)
+    # A report graded with another rubric than the bundled one: its visibility is unknown, so refuse.
+    path = graded / "students" / "101" / "report.json"
+    path.write_text(path.read_text("utf-8").replace(load_rubric().digest, "0" * 64), "utf-8")
+    refused = subprocess.run([sys.executable, "-m", "grader", "export", "folder", str(graded), "--out", str(dest)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "pass --rubric" in refused.stderr and not dest.exists()
+    done = subprocess.run([sys.executable, "-m", "grader", "export", "folder", str(graded), "--out", str(dest),
+                           "--rubric", str(DEFAULT_RUBRIC)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "graded with another version of rubric.toml" in done.stdout
     with zipfile.ZipFile(dest) as archive:
         assert "101/report.html" in archive.namelist() and "RELEASE.md" in archive.namelist()
     bad = subprocess.run([sys.executable, "-m", "grader", "export", "canvas", str(graded), "--out",

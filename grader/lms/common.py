@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grader.report import Report, load_report
+from grader.rubric import Rubric
 
 
 class ExportError(ValueError):
@@ -83,3 +84,18 @@ class ExportResult:
             lines.append(f"graded but not in the LMS file ({len(self.unmatched)}):")
             lines += [f"  {line}" for line in self.unmatched]
         return "\n".join(lines)
+
+
+def check_rubric(reports: dict[str, Report], rubric: Rubric, explicit: bool) -> list[str]:
+    """Student-facing outputs take the checks' visibility from the rubric: refuse the default rubric for
+    reports graded with another one (hidden checks would show), and note a given rubric that differs."""
+    other = sorted(sid for sid, r in reports.items()
+                   if r.fingerprint.get("rubric") and r.fingerprint["rubric"] != rubric.digest)
+    if not other:
+        return []
+    if not explicit:
+        raise ExportError(f"{len(other)} report(s) (e.g. {other[0]}) were graded with another rubric than the "
+                          f"bundled one; pass --rubric with the course rubric (its [visibility] decides what "
+                          "students see)")
+    return [f"note: {len(other)} report(s) were graded with another version of {rubric.path.name}; its current "
+            "[visibility] and [late] are used"]

@@ -20,7 +20,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from grader.lms.common import ExportError, ExportResult, format_points, graded_reports, why_not_exported
+from grader.lms.common import ExportError, ExportResult, check_rubric, format_points, graded_reports, why_not_exported
 from grader.lms.csvtable import CsvFormatError, read_table
 from grader.lms.release import student_view, zip_bytes
 from grader.report import Report, write_atomic
@@ -60,9 +60,11 @@ def feedback_comment(view: Report) -> str:
 
 
 def export_moodle(graded: Path, worksheet: Path, dest: Path, rubric: Rubric, *, now: datetime | None = None,
-                  scale: bool = False, allow_pending: bool = False) -> ExportResult:
-    """Write dest/<worksheet name> (grades and comments filled) and dest/feedback_files.zip."""
+                  scale: bool = False, allow_pending: bool = False, rubric_given: bool = True) -> ExportResult:
+    """Write dest/<worksheet name> (grades and comments filled) and dest/feedback_files.zip; `rubric_given`:
+    the rubric was named by the user (else a report graded with another rubric is an error, see check_rubric)."""
     reports = graded_reports(graded)
+    rubric_notes = check_rubric(reports, rubric, rubric_given)
     try:
         table = read_table(worksheet)
     except CsvFormatError as exc:
@@ -76,7 +78,7 @@ def export_moodle(graded: Path, worksheet: Path, dest: Path, rubric: Rubric, *, 
     name_col = header.index(FULL_NAME) if FULL_NAME in header else None
     max_col = next((header.index(m) for m in MAXIMUM if m in header), None)
     feedback_col = header.index(FEEDBACK) if FEEDBACK in header else None
-    result = ExportResult()
+    result = ExportResult(notes=rubric_notes)
     if feedback_col is None:
         result.notes.append(f"note: {worksheet.name} has no {FEEDBACK!r} column (feedback comments are off for this "
                             "assignment): only grades are filled; the feedback is in the zip")
