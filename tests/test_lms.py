@@ -524,3 +524,25 @@ def test_csv_table_round_trips_any_csv_and_reads_it_as_the_csv_module_does(line_
             ['x, "y"\n'] * len(records)
 
     check()
+
+
+def test_release_again_drops_a_student_held_back_since(graded, tmp_path):
+    from grader.lms.common import ExportError, graded_reports
+    from grader.lms.release import release
+
+    rubric = load_rubric()
+    dest = tmp_path / "release"
+    release(list(graded_reports(graded).values()), rubric, dest)
+    assert (dest / "999" / "report.html").is_file()
+    path = graded / "students" / "999" / "report.json"  # now needs a regrade: its old copy must go
+    path.write_text(path.read_text("utf-8").replace('"status": "graded"', '"status": "error"').replace(
+        '"error": ""', '"error": "internal grader error: RuntimeError: boom"'), "utf-8")
+    again = release(list(graded_reports(graded).values()), rubric, dest)
+    assert not (dest / "999").exists() and "999: needs regrade (grader fault)" in again.held_back
+    assert (dest / "101" / "report.html").is_file() and not list(tmp_path.glob(".release*"))
+    other = tmp_path / "someone_elses"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an earlier release"):
+        release(list(graded_reports(graded).values()), rubric, other)
+    assert (other / "keep.txt").read_text() == "mine"

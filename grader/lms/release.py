@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from grader.lms.common import needs_regrade
+from grader.lms.common import ExportError, needs_regrade
 from grader.report import Report, write_atomic
 from grader.rubric import Rubric
 
@@ -145,9 +145,35 @@ def release(reports: list[Report], rubric: Rubric, dest: Path, now: datetime | N
     if dest.suffix.lower() == ".zip":
         write_atomic(dest, zip_bytes(entries))
     else:
-        for name, data in entries.items():
-            write_atomic(dest / name, data)
+        _replace_folder(dest, entries)
     return result
+
+
+def _replace_folder(dest: Path, entries: dict[str, bytes]) -> None:
+    """Write `entries` as the folder `dest`: built beside it, then swapped in, so a student held back this
+    time keeps no copy from an earlier release. A folder that is not an earlier release is left alone."""
+    import shutil
+    import tempfile
+
+    if dest.exists() and any(dest.iterdir()) and not (dest / RELEASE_SUMMARY).is_file():
+        raise ExportError(f"{dest} exists and is not an earlier release (no {RELEASE_SUMMARY}); choose an empty or "
+                          "new folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        for name, data in entries.items():
+            write_atomic(staging / name, data)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+            staging.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(dest)
+        dest.chmod(0o755)  # mkdtemp made it private; the release is meant to be handed out
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def zip_bytes(entries: dict[str, bytes], executable: set[str] = frozenset()) -> bytes:
