@@ -218,9 +218,9 @@ def local_executor(entries: list[Entry], grade: Callable[[Entry], Report], done:
 
 def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = local_executor) -> BatchSummary:
     """Grade every submission under `paths` into options.out; see DESIGN.md for the layout."""
-    rubric = options.rubric or load_rubric()
     from grader.lms.deadlines import apply_late_policy, read_late_inputs
 
+    rubric = options.rubric or load_rubric()
     late_inputs = read_late_inputs(rubric, submitted=options.submitted, extension_csv=options.extensions,
                                    worksheet=options.worksheet)  # bad input fails before anyone is graded
     entries, notes = discover(paths, options.id_pattern)

@@ -459,6 +459,11 @@ def test_late_policy_applied_to_a_graded_folder(graded, tmp_path):
     before = (graded / "students" / "102" / "report.json").stat().st_mtime_ns
     apply_late_policy(graded, rubric, paths, inputs)
     assert (graded / "students" / "102" / "report.json").stat().st_mtime_ns == before
+    # The [late] section removed: the penalties go with it.
+    apply_late_policy(graded, load_rubric(), paths, read_late_inputs(load_rubric()))
+    reports = {r.student: r for r in load_reports(graded)[0]}
+    assert reports["102"].late == {} and reports["102"].final_score == reports["102"].score == 25
+    assert not any(w.startswith("late policy:") for w in reports["105"].warnings + reports["999"].warnings)
 
 
 def test_grade_refuses_late_inputs_without_a_deadline_before_grading(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from grader.intake.naming import safe_id
 from grader.lms.csvtable import CsvFormatError, read_table
 from grader.lms.late import LatePolicyError, extensions, file_time, submitted_times
-from grader.report import load_report, write_atomic
+from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric
 
 CANVAS_LATE = re.compile(r"^[^_]+_late_\d+_", re.IGNORECASE)
@@ -84,23 +84,24 @@ def apply_late_policy(out: Path, rubric: Rubric, submissions: dict[str, Path], i
     `submissions` maps student ids to their submission paths (for file times and Canvas's late mark).
     """
     from grader.batch import student_dir
-    from grader.render.html import render_html
-    from grader.render.markdown import render_markdown
 
     policy = rubric.late
-    if policy is None:
-        return []
     times, lms_times, extra = inputs.times, inputs.lms_times, inputs.extensions
     notes, file_timed, penalised = [], 0, 0
     for student, path in sorted(submissions.items()):
         folder = student_dir(out, student)
         try:
-            report = load_report(folder / "report.json", pictures=True)
+            report = load_report(folder / "report.json")  # the pictures only when it is rewritten
         except (OSError, ValueError, TypeError, KeyError):
             continue
         if report.status != "graded":
             continue
         warnings = [w for w in report.warnings if not w.startswith("late policy:")]
+        if policy is None:  # no [late] (any more): no penalty, and none left from an earlier policy
+            if report.late or warnings != report.warnings:
+                report.late, report.warnings = {}, warnings
+                _write(folder, report)
+            continue
         when = times.get(student) or lms_times.get(student)
         if when is None:
             when = file_time(path)
@@ -114,9 +115,7 @@ def apply_late_policy(out: Path, rubric: Rubric, submissions: dict[str, Path], i
         if late == report.late and warnings == report.warnings:
             continue
         report.late, report.warnings = late, warnings
-        write_atomic(folder / "report.md", render_markdown(report))
-        write_atomic(folder / "report.html", render_html(report))
-        write_atomic(folder / "report.json", report.to_json())
+        _write(folder, report)
     if file_timed:
         notes.append(f"warning: late policy: {file_timed} submission time(s) taken from file times (a copy or unzip "
                      "can change them); pass --submitted CSV or --worksheet for the LMS's times")
@@ -128,3 +127,13 @@ def apply_late_policy(out: Path, rubric: Rubric, submissions: dict[str, Path], i
     return notes
 
 
+def _write(folder: Path, report: Report) -> None:
+    """Renderings first, report.json last, as when grading."""
+    from grader.render.html import render_html
+    from grader.render.markdown import render_markdown
+
+    report.attachments = load_report(folder / "report.json", pictures=True).attachments  # the pages show them
+
+    write_atomic(folder / "report.md", render_markdown(report))
+    write_atomic(folder / "report.html", render_html(report))
+    write_atomic(folder / "report.json", report.to_json())
