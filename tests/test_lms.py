@@ -139,6 +139,12 @@ def test_canvas_bad_assignment_names_the_choices(graded, tmp_path):
     with pytest.raises(ExportError, match=r"Homework 1 \(5501\)"):
         export_canvas(graded, exported, "Homework 2", tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+    done = subprocess.run([sys.executable, "-m", "grader", "export", "canvas", str(graded), "--gradebook",
+                           str(exported), "--assignment", "ViT, CIFAR-10", "--out", str(tmp_path / "out.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "filled 2 student(s)" in done.stdout and "left untouched (5)" in done.stdout
+    assert "Never, Submitted (ID 106): no report" in done.stdout and "graded but not in the LMS file (1)" in done.stdout
 
 
 # Moodle's worksheet: fields with spaces quoted (PHP's fputcsv), LF endings, no BOM.
