@@ -557,3 +557,40 @@ def test_release_again_drops_a_student_held_back_since(graded, tmp_path):
     with pytest.raises(ExportError, match="not an earlier release"):
         release(list(graded_reports(graded).values()), rubric, other)
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_grade_applies_the_late_policy_end_to_end(tmp_path, code_rubric_file):
+    """`vitgrade grade` with a [late] rubric, --submitted for one student and a file time for the other."""
+    import os
+
+    import pandas as pd
+    import tomlkit
+
+    from assignments import assignment_dir
+
+    data = tomlkit.parse(code_rubric_file.read_text("utf-8"))
+    for check_id in [k for k in data["points"] if k not in ("load.code", "load.definitions", "static.forbidden")]:
+        del data["points"][check_id]
+    rubric = tmp_path / "late.toml"
+    rubric.write_text(tomlkit.dumps(data) + f'\n[late]\ndeadline = {DEADLINE}\npenalty_percent = 25\nunit = "day"\n',
+                      "utf-8")
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    example = (assignment_dir() / "examples" / "s1002_separate_qkv.py").read_bytes()
+    (subs / "alice_101_5_vit.py").write_bytes(example)
+    (subs / "bob_late_102_6_vit.py").write_bytes(example)
+    late = DUE.timestamp() + 3600  # one hour late by its file time: 1 started day, -25 %
+    os.utime(subs / "bob_late_102_6_vit.py", (late, late))
+    submitted = tmp_path / "times.csv"
+    submitted.write_text("student_id,submitted_at\n101,2026-12-01T20:00:00+09:00\n", "utf-8")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "grader", "grade", str(subs), "--out", str(out), "--rubric",
+                           str(rubric), "--accuracy", "off", "--quiet", "--submitted", str(submitted)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "1 submission time(s) taken from file times" in done.stdout
+    book = pd.read_csv(out / "gradebook.csv", dtype={"student": str}).set_index("student")
+    assert book.loc["101", ["score", "penalty", "final_score"]].tolist() == [8.0, 0.0, 8.0]
+    assert book.loc["102", ["score", "penalty", "final_score"]].tolist() == [8.0, 2.0, 6.0]
+    html = (out / "students" / "102" / "report.html").read_text("utf-8")
+    assert "1 day late: -25 %" in html and "final score <strong>6</strong>" in html
