@@ -594,3 +594,15 @@ def test_grade_applies_the_late_policy_end_to_end(tmp_path, code_rubric_file):
     assert book.loc["102", ["score", "penalty", "final_score"]].tolist() == [8.0, 2.0, 6.0]
     html = (out / "students" / "102" / "report.html").read_text("utf-8")
     assert "1 day late: -25 %" in html and "final score <strong>6</strong>" in html
+
+
+@pytest.mark.parametrize(("text", "scrubbed"), [
+    ('File "/tmp/vitgrade-x1/scratch/submission.py", line 3', 'File "submission.py", line 3'),
+    ("cannot read /home/prof/course/subs/田中_102/vit.ipynb: bad", "cannot read vit.ipynb: bad"),
+    ("see https://example.com/docs/page and a/b", "see https://example.com/docs/page and a/b"),
+    ("shape (2, 64, 256) != expected (2, 64, 512); x / y", "shape (2, 64, 256) != expected (2, 64, 512); x / y"),
+])
+def test_scrub_paths(text, scrubbed):
+    from grader.lms.release import scrub_paths
+
+    assert scrub_paths(text) == scrubbed
