@@ -606,3 +606,20 @@ def test_scrub_paths(text, scrubbed):
     from grader.lms.release import scrub_paths
 
     assert scrub_paths(text) == scrubbed
+
+
+def test_gradescope_grader_fault_is_not_the_students(tmp_path, monkeypatch):
+    """A report the grader could not finish (fault: grader) becomes the grader-failure results.json."""
+    from grader.lms import gradescope_autograder
+
+    root = tmp_path / "autograder"
+    (root / "source").mkdir(parents=True)
+    (root / "source" / "rubric.toml").write_bytes(DEFAULT_RUBRIC.read_bytes())
+    broken = Report("submission", "submission", "graded", [
+        CheckResult("load.code", "Code found", "passed", 2.0, 2.0),
+        CheckResult("load.definitions", "Definitions", "error", 0.0, 3.0, "the sandbox could not start",
+                    {"fault": "grader"})])
+    monkeypatch.setattr(gradescope_autograder, "_grade", lambda *args: broken)
+    assert gradescope_autograder.run(root) == 1
+    results = __import__("json").loads((root / "results" / "results.json").read_text())
+    assert results["extra_data"] == {"fault": "grader"} and "the sandbox could not start" in results["output"]

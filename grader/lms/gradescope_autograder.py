@@ -30,6 +30,7 @@ from pathlib import Path
 
 from assignments import PROJECT_ROOT
 from grader import __version__
+from grader.lms.common import needs_regrade
 from grader.lms.release import zip_bytes
 from grader.report import Report, write_atomic
 from grader.rubric import Rubric, load_rubric
@@ -166,6 +167,8 @@ def run(root: Path = DEFAULT_ROOT) -> int:
         rubric = load_rubric(source / "rubric.toml")
         config = json.loads((source / "config.json").read_text("utf-8")) if (source / "config.json").is_file() else {}
         report = _grade(root / "submission", rubric, config)
+        if needs_regrade(report):  # the sandbox or the grader failed: not the student's points to lose
+            raise RuntimeError(report.error or "; ".join(c.message for c in report.checks if c.status == "error"))
         text = render_results(report, rubric)
     except Exception as exc:  # a grader fault must still leave a results.json that says so
         write_atomic(results, grader_failure(f"{type(exc).__name__}: {exc}"))
