@@ -623,3 +623,20 @@ def test_gradescope_grader_fault_is_not_the_students(tmp_path, monkeypatch):
     assert gradescope_autograder.run(root) == 1
     results = __import__("json").loads((root / "results" / "results.json").read_text())
     assert results["extra_data"] == {"fault": "grader"} and "the sandbox could not start" in results["output"]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b'Student,ID\n"Doe, Jane,101\n', "a quoted field is never closed"),
+    (b'Student,ID\n"Doe" Jane,101\n', "line 2: text after a closing quote"),
+    (b'Student,ID\nDoe "Jane",101\n', "line 2: a quote inside an unquoted field"),
+    ("Student,ID\nDoé,101\n".encode("cp1252"), "not UTF-8"),
+    (b"Name,Number\nDoe,101\n", "not a Canvas gradebook export"),
+])
+def test_canvas_rejects_a_broken_export_naming_the_problem(graded, tmp_path, data, message):
+    from grader.lms.canvas import export_canvas
+    from grader.lms.common import ExportError
+
+    exported = tmp_path / "export.csv"
+    exported.write_bytes(data)
+    with pytest.raises(ExportError, match=message):
+        export_canvas(graded, exported, "ViT", tmp_path / "out.csv")

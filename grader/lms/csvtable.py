@@ -8,7 +8,7 @@ separators, the line endings and a byte-order mark, and rewrites only the fields
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BOM = "\ufeff"
@@ -24,7 +24,6 @@ class Record:
 
     raw: list[str]
     ending: str
-    changed: bool = False
 
     @property
     def values(self) -> list[str]:
@@ -37,7 +36,6 @@ class Record:
         if index >= len(self.raw):
             raise IndexError(f"record has {len(self.raw)} fields, cannot set field {index + 1}")
         self.raw[index] = quote(value, was_quoted=self.raw[index].startswith('"'))
-        self.changed = True
 
 
 def unquote(text: str) -> str:
@@ -59,25 +57,17 @@ class CsvTable:
 
     records: list[Record]
     bom: bool = False
-    encoding: str = "utf-8"
-    source: str = ""
-    header_index: int = 0
-    extra: list[str] = field(default_factory=list)
 
     @property
     def header(self) -> list[str]:
-        return self.records[self.header_index].values
-
-    def column(self, name: str) -> int | None:
-        header = self.header
-        return header.index(name) if name in header else None
+        return self.records[0].values
 
     def text(self) -> str:
         body = "".join(",".join(r.raw) + r.ending for r in self.records)
         return (BOM if self.bom else "") + body
 
     def data(self) -> bytes:
-        return self.text().encode(self.encoding)
+        return self.text().encode("utf-8")
 
 
 def parse(text: str, source: str = "CSV") -> list[Record]:
@@ -144,4 +134,4 @@ def read_table(path: Path) -> CsvTable:
     records = parse(text[1:] if bom else text, source=str(path))
     if not records:
         raise CsvFormatError(f"{path}: empty file")
-    return CsvTable(records=records, bom=bom, source=str(path))
+    return CsvTable(records=records, bom=bom)
