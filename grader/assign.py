@@ -98,9 +98,10 @@ class Built:
     files: list[Path] = field(default_factory=list)
 
 
-def assign(out: Path, languages: tuple[str, ...] = LANGUAGES) -> Built:
+def assign(out: Path, languages: tuple[str, ...] = LANGUAGES, rubric_path: Path | None = None) -> Built:
     """Write student/ (notebooks, the self-check bundle as a folder and as one wheel) and instructor/ (solutions +
-    rubric) under `out`."""
+    rubric) under `out`; `rubric_path` (default: the bundled rubric) is the instructor's, the bundle gets its
+    public part."""
     from grader.bundle import write_bundle, write_wheel
 
     built = Built()
@@ -113,8 +114,8 @@ def assign(out: Path, languages: tuple[str, ...] = LANGUAGES) -> Built:
             nbformat.write(build_notebook(lang, version), path)
             built.files.append(path)
     rubric = instructor / "rubric.toml"
-    shutil.copyfile(assignment_dir() / "rubric.toml", rubric)
+    shutil.copyfile(rubric_path or assignment_dir() / "rubric.toml", rubric)
     built.files.append(rubric)
-    bundle = write_bundle(student / "vitgrade_student")
+    bundle = write_bundle(student / "vitgrade_student", rubric_path)
     built.files += [bundle, write_wheel(bundle, student)]
     return built

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from grader.gradebook import read_roster, write_summary
 from grader.grading import fingerprint, grade_submission, rescore, worker_limits
 from grader.intake.naming import safe_id, student_id_from_name
+from grader.lms.deadlines import apply_late_policy, read_late_inputs
 from grader.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
 from grader.output import student_dir, write_student, write_student_safely
 from grader.render.safe import clean_text
@@ -44,6 +45,10 @@ class BatchOptions:
     data_dir: Path | None = None
     progress: bool = True
     preflight: bool = True  # a known-good submission through the students' sandbox first
+    # The late policy's inputs (grader/lms/deadlines.py); used when the rubric has a [late] section.
+    submitted: Path | None = None
+    extensions: Path | None = None
+    worksheet: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +342,8 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
     rubric, notes = resolve_rubric(out, options.rubric)
     entries, found = discover(paths, options.id_pattern)
     check_inputs(options, rubric, entries)
+    late_inputs = read_late_inputs(rubric, submitted=options.submitted, extension_csv=options.extensions,
+                                   worksheet=options.worksheet)  # bad input fails before anyone is graded
     summary = BatchSummary(out=out, notes=notes + [n for n in found if not n.startswith(COLLISION_MARK)],
                            collisions=[n for n in found if n.startswith(COLLISION_MARK)])
     with OutputLock(out):
@@ -392,6 +399,7 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
                 merged = merge_manual(out, options.manual, options.gradescope)
                 summary.notes += merged.notes
                 summary.problems += merged.problems
+            summary.notes += apply_late_policy(out, rubric, {e.student_id: e.path for e in entries}, late_inputs)
             written = write_summary(out, entries, options.roster, rubric,
                                     problems=[f"ID COLLISION: {c}" for c in summary.collisions])
             summary.missing = written.missing

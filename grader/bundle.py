@@ -63,8 +63,15 @@ or run the notebook's self-check cell.
 """
 
 
+def not_public(text: str) -> set[str]:
+    """The checks the self-check leaves out: those whose [visibility] is not `visible` (a result shown only
+    after the deadline, or never, cannot be kept from a student who runs the check on their own machine)."""
+    return {check_id for check_id, value in tomlkit.parse(text).get("visibility", {}).items() if value != "visible"}
+
+
 def student_rubric(text: str) -> str:
-    """The rubric without the answer keys, its comments kept (they explain the checks to students too)."""
+    """The rubric without the answer keys and the checks that are not public, its comments kept (they
+    explain the checks to students too)."""
     rubric = tomlkit.parse(text)
     left_out = {}
     for section, key in ANSWER_KEYS:
@@ -72,15 +79,22 @@ def student_rubric(text: str) -> str:
             if section == "points":
                 left_out[key] = rubric[section][key]
             del rubric[section][key]
+    for check_id in not_public(text):
+        if check_id in rubric.get("points", {}):
+            del rubric["points"][check_id]
+    if "visibility" in rubric:
+        del rubric["visibility"]  # what is left is all visible
     if left_out:  # so the self-check can say what the instructor grades later, and the total
         if "meta" not in rubric:
             rubric["meta"] = tomlkit.table()
         rubric["meta"]["instructor_only"] = left_out
-    return "# The course rubric without the answer keys that stay with the instructor.\n" + tomlkit.dumps(rubric)
+    return "# The course rubric without what stays with the instructor (answer keys, checks not shown to " \
+           "students).\n" + tomlkit.dumps(rubric)
 
 
-def write_bundle(dest: Path) -> Path:
-    """Write the pip-installable bundle to `dest` (replacing it) and return `dest`."""
+def write_bundle(dest: Path, rubric_path: Path | None = None) -> Path:
+    """Write the pip-installable bundle to `dest` (replacing it) and return `dest`; its rubric comes from
+    `rubric_path` (default: the bundled one) without what stays with the instructor."""
     from assignments import PROJECT_ROOT, assignment_dir
     from grader.reference_expected import ReferenceExpected
 
@@ -88,12 +102,12 @@ def write_bundle(dest: Path) -> Path:
         shutil.rmtree(dest)
     shutil.copytree(GRADER, dest / "grader", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *INSTRUCTOR_ONLY,
                                                                             PACKAGED_VECTORS.name))
-    record(ReferenceExpected(), dest / "grader" / PACKAGED_VECTORS.name)
+    rubric_text = (rubric_path or assignment_dir() / "rubric.toml").read_text("utf-8")
+    record(ReferenceExpected(), dest / "grader" / PACKAGED_VECTORS.name, leave_out=not_public(rubric_text))
     rubric_dir = dest / "assignments" / assignment_dir().name
     rubric_dir.mkdir(parents=True)
     shutil.copyfile(PROJECT_ROOT / "assignments" / "__init__.py", dest / "assignments" / "__init__.py")
-    (rubric_dir / "rubric.toml").write_text(student_rubric((assignment_dir() / "rubric.toml").read_text("utf-8")),
-                                            encoding="utf-8")
+    (rubric_dir / "rubric.toml").write_text(student_rubric(rubric_text), encoding="utf-8")
     # The attention-map helpers are part of the handout (they are printed in the notebook), not the solution.
     (dest / "reference").mkdir()
     (dest / "reference" / "__init__.py").write_text('"""Attention-map helpers (the student bundle has no solution)."""\n')

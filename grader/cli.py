@@ -61,6 +61,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         out=args.out, rubric=_rubric(args) if args.rubric else None, roster=args.roster, workers=args.workers, accuracy=args.accuracy,
         timeout=args.timeout, resume=args.resume, manual=args.manual, gradescope=args.gradescope,
         isolation=args.isolation, id_pattern=args.id_pattern, data_dir=args.data_dir, progress=not args.quiet,
+        submitted=args.submitted, extensions=args.extensions, worksheet=args.worksheet,
     )
     try:
         if args.executor == "ray":
@@ -70,7 +71,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
             summary = grade_batch(args.submissions, options, executor=ray_executor(args.ray_address, num_gpus=gpus))
         else:
             summary = grade_batch(args.submissions, options)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # LatePolicyError is a ValueError
         raise UsageError(str(exc)) from None
     except GraderBroken as exc:
         raise UsageError(str(exc)) from None
@@ -194,7 +195,8 @@ def cmd_assign(args: argparse.Namespace) -> int:
         raise UsageError("`vitgrade assign` needs the instructor's package (the student bundle cannot build "
                          "handouts)") from None
     languages = LANGUAGES if args.lang == "all" else (args.lang,)
-    built = assign(args.out, languages)
+    rubric = _rubric(args) if args.rubric else None  # validated before anything is built
+    built = assign(args.out, languages, rubric.path if rubric else None)
     for path in built.files:
         print(path)
     print(f"built {len(built.files)} files under {args.out}: hand out {args.out / 'student'}, keep "
@@ -209,6 +211,82 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     diagnosis = diagnose(worker_limits(_rubric(args), args.accuracy), args.isolation, args.data_dir)
     print(diagnosis.describe())
     return 0 if diagnosis.ok else 1
+
+
+def _now(args: argparse.Namespace):
+    """--now (ISO 8601 with an offset) or the current time: when visibility after the deadline is decided."""
+    from datetime import datetime, timezone
+
+    from grader.lms.late import LatePolicyError, parse_time
+
+    if not getattr(args, "now", None):
+        return datetime.now(timezone.utc)
+    try:
+        return parse_time(args.now, None, "--now")
+    except LatePolicyError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from grader.lms.common import ExportError
+
+    try:
+        if args.lms == "canvas":
+            from grader.lms.canvas import export_canvas
+
+            if not args.gradebook or not args.assignment:
+                raise UsageError("export canvas needs --gradebook CSV (exported from Canvas) and --assignment NAME")
+            result = export_canvas(args.graded, args.gradebook, args.assignment, args.out, scale=args.scale,
+                                   allow_pending=args.allow_pending)
+        elif args.lms == "moodle":
+            from grader.lms.moodle import export_moodle
+
+            if not args.worksheet:
+                raise UsageError("export moodle needs --worksheet CSV (Moodle's 'Download grading worksheet')")
+            result = export_moodle(args.graded, args.worksheet, args.out, _graded_rubric(args), now=_now(args),
+                                   scale=args.scale, allow_pending=args.allow_pending,
+                                   rubric_given=args.rubric is not None)
+        else:
+            return cmd_release(args)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print(result.describe())
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from grader.lms.common import ExportError, check_rubric, graded_reports
+    from grader.lms.release import release
+
+    rubric = _graded_rubric(args)
+    try:
+        reports = graded_reports(args.graded)
+        notes = check_rubric(reports, rubric, explicit=args.rubric is not None)
+        done = release(list(reports.values()), rubric, args.out, _now(args))
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print("\n".join([*notes, done.describe()]), end="")
+    return 0
+
+
+def cmd_gradescope(args: argparse.Namespace) -> int:
+    from grader.lms.gradescope_autograder import build_autograder
+
+    rubric = _rubric(args)
+    path = build_autograder(args.out, rubric, accuracy=args.accuracy, timeout=args.timeout)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): upload it as the assignment's autograder "
+          f"(rubric {rubric.path.name}, accuracy {args.accuracy})")
+    return 0
+
+
+def _graded_rubric(args: argparse.Namespace):
+    """--rubric, else the rubric the graded folder was graded with (kept beside its reports), else the bundled one."""
+    from grader.batch import RUBRIC_COPY
+
+    stored = args.graded / RUBRIC_COPY
+    if args.rubric is None and stored.is_file():
+        args.rubric = stored
+    return _rubric(args)
 
 
 def _rubric(args: argparse.Namespace):
@@ -249,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
     grade.add_argument("--id-pattern", help="regex with a group named 'id' to take student ids from file names")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade.add_argument("--submitted", type=Path, help="late policy: CSV of student_id, submitted_at (ISO 8601)")
+    grade.add_argument("--extensions", type=Path, help="late policy: CSV of student_id, extension_hours")
+    grade.add_argument("--worksheet", type=Path,
+                       help="late policy: Moodle's grading worksheet (its 'Last modified (submission)' times)")
     grade.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local process pool (default) or a Ray cluster (pip install \"vit-autograder[ray]\")")
     grade.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray cluster)")
@@ -289,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "self-check bundle")
     assign_parser.add_argument("--out", type=Path, required=True, help="output folder")
     assign_parser.add_argument("--lang", choices=["ja", "en", "all"], default="all")
+    assign_parser.add_argument("--rubric", type=Path, help="the course rubric (default: the bundled one); the bundle "
+                                                           "leaves out its hidden and after_due_date checks")
     assign_parser.set_defaults(func=cmd_assign)
 
     calibrate = sub.add_parser("calibrate", help="train the reference over several seeds; suggest the margin")
@@ -302,6 +386,41 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="what the grader sees here and whether it can grade (exit 0: it can)")
     _add_common(doctor)
     doctor.set_defaults(func=cmd_doctor)
+
+    export = sub.add_parser("export", help="grades and feedback into an LMS's own import files (canvas, moodle) or "
+                                           "a folder/zip of student feedback")
+    export.add_argument("lms", choices=["canvas", "moodle", "folder"])
+    export.add_argument("graded", type=Path, help="the output folder of vitgrade grade")
+    export.add_argument("--out", type=Path, required=True,
+                        help="canvas: the CSV to write; moodle: a folder (worksheet + feedback_files.zip); "
+                             "folder: a folder or a .zip")
+    export.add_argument("--gradebook", type=Path, help="canvas: the gradebook CSV exported from Canvas")
+    export.add_argument("--assignment", help="canvas: the assignment's column (its name, full header or id)")
+    export.add_argument("--worksheet", type=Path, help="moodle: the assignment's grading worksheet CSV")
+    export.add_argument("--scale", action="store_true",
+                        help="convert scores to the LMS's points possible / maximum grade")
+    export.add_argument("--allow-pending", action="store_true",
+                        help="also export students whose written answers still await a TA (partial scores)")
+    export.add_argument("--now", help="decide after_due_date visibility at this time (ISO 8601 with offset)")
+    export.add_argument("--rubric", type=Path, help="the rubric the class was graded with (visibility, deadline)")
+    export.set_defaults(func=cmd_export)
+
+    release_parser = sub.add_parser("release", help="student-facing copies of the reports, with a summary of "
+                                                    "what is shown")
+    release_parser.add_argument("graded", type=Path, help="the output folder of vitgrade grade")
+    release_parser.add_argument("--out", type=Path, required=True, help="folder (or .zip) to write")
+    release_parser.add_argument("--now", help="decide after_due_date visibility at this time (ISO 8601 with offset)")
+    release_parser.add_argument("--rubric", type=Path, help="the rubric the class was graded with")
+    release_parser.set_defaults(func=cmd_release)
+
+    gradescope = sub.add_parser("gradescope", help="build Gradescope's autograder.zip (setup.sh, run_autograder, "
+                                                   "this package, the rubric)")
+    gradescope.add_argument("--out", type=Path, required=True, help="the zip to write (autograder.zip)")
+    gradescope.add_argument("--rubric", type=Path, help="rubric to grade with (default: the bundled one)")
+    gradescope.add_argument("--accuracy", choices=["off", "quick", "full", "auto"], default="auto",
+                            help="accuracy mode on Gradescope (auto: full with CUDA, quick without)")
+    gradescope.add_argument("--timeout", type=float, help="seconds per submission (default: the rubric's)")
+    gradescope.set_defaults(func=cmd_gradescope)
     return parser
 
 

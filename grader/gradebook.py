@@ -47,11 +47,13 @@ def gradebook_frame(reports: list[Report], check_ids: list[str]) -> pd.DataFrame
     for report in reports:
         status = "needs regrade" if report.needs_regrade else report.status  # a grader fault, no verdict
         row = {"student": report.student, "status": status, "score": report.score,
-               "max_score": report.max_score, "submission": report.submission}
+               "max_score": report.max_score, "penalty": report.penalty, "final_score": report.final_score,
+               "submission": report.submission}
         for check in report.checks:
             row[check.id] = check.points if check.status != "skipped" else None
         rows.append(row)
-    columns = ["student", "status", "score", "max_score", *check_ids, "submission"]
+    # score: the raw sum of the checks; penalty: the late policy's; final_score: what goes to the LMS.
+    columns = ["student", "status", "score", "max_score", "penalty", "final_score", *check_ids, "submission"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values("student", kind="stable").reset_index(drop=True)
 

@@ -54,6 +54,9 @@ class Report:
     error: str = ""
     fingerprint: dict[str, str] = field(default_factory=dict)
     fault: Fault | None = None  # set on `error` reports
+    # The late policy applied (grader/lms/late.py): submitted_at, deadline, late_seconds, penalty,
+    # reason... Empty when no policy applies; `score` stays the raw score either way.
+    late: dict[str, Any] = field(default_factory=dict)
     grader_version: str = __version__
     schema_version: int = SCHEMA_VERSION
     # Pictures (file name -> PNG bytes) written beside the report; not part of report.json. The
@@ -75,6 +78,16 @@ class Report:
     @property
     def max_score(self) -> float:
         return round(sum(c.max_points for c in self.checks if c.counts), 4)
+
+    @property
+    def penalty(self) -> float:
+        """Points taken off by the late policy (0 without one)."""
+        return round(float(self.late.get("penalty", 0.0)), 4)
+
+    @property
+    def final_score(self) -> float:
+        """The grade that goes to the LMS: the raw `score` less the late penalty, never below 0."""
+        return round(max(0.0, self.score - self.penalty), 4)
 
     @property
     def automatic_checks_passed(self) -> bool:
@@ -115,7 +128,8 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in ("attachments", "code")}
         ordered = {"schema_version": self.schema_version, "student": self.student, "submission": self.submission,
-                   "status": self.status, "score": self.score, "max_score": self.max_score}
+                   "status": self.status, "score": self.score, "max_score": self.max_score,
+                   "penalty": self.penalty, "final_score": self.final_score}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
 
@@ -124,6 +138,8 @@ class Report:
         data = dict(data)
         data.pop("score", None)
         data.pop("max_score", None)
+        data.pop("penalty", None)
+        data.pop("final_score", None)
         data.pop("attachments", None)
         checks = [CheckResult(**c) for c in data.pop("checks", [])]
         known = cls.__dataclass_fields__

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from assignments import assignment_dir
+from grader.lms.late import LatePolicy, LatePolicyError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,7 +18,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_RUBRIC = assignment_dir() / "rubric.toml"
-SECTIONS = {"meta", "points", "tolerances", "forbidden", "limits", "accuracy", "tasks"}
+SECTIONS = {"meta", "points", "tolerances", "forbidden", "limits", "accuracy", "tasks", "visibility", "late"}
+# Who sees a check's result: everyone, students only once the deadline passed, or the instructor only.
+# The names are Gradescope's (results.json "visibility").
+VISIBILITIES = ("visible", "after_due_date", "hidden")
 
 
 class RubricError(ValueError):
@@ -42,6 +46,8 @@ class Rubric:
     tasks: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # [meta]: name, version, instructor_only (see below)
+    visibility: dict[str, str] = field(default_factory=dict)  # check id -> one of VISIBILITIES; default visible
+    late: LatePolicy | None = None  # the [late] section; None: no deadline
 
     def enabled(self, check_id: str) -> bool:
         return check_id in self.points
@@ -56,8 +62,11 @@ class Rubric:
 
     @property
     def points_digest(self) -> str:
-        """The points of each check: a change re-scores the stored reports."""
-        return _digest(self.points)
+        """The points of each check and the late policy: a change re-scores the stored reports."""
+        return _digest({"points": self.points, "late": asdict(self.late) if self.late else None})
+
+    def visibility_of(self, check_id: str) -> str:
+        return self.visibility.get(check_id, "visible")
 
 
 def _digest(value: Any) -> str:
@@ -178,6 +187,21 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         _require(key in ("modules", "apis"), f"{path}: forbidden.{key}", "unknown key (allowed: modules, apis)")
     accuracy = {mode: _accuracy_mode(spec, f"{path}: accuracy.{mode}") for mode, spec in data.get("accuracy", {}).items()}
     tasks = _tasks(data.get("tasks", {}), f"{path}: tasks")
+    visibility = {}
+    for check_id, value in data.get("visibility", {}).items():
+        where = f"{path}: visibility.{check_id!r}"
+        _require(check_id in points, where, "not a check of [points]")
+        _require(value in VISIBILITIES, where, f"must be one of {', '.join(VISIBILITIES)}")
+        visibility[check_id] = value
+    late = None
+    if "late" in data:
+        _require(isinstance(data["late"], dict), f"{path}: [late]", "expected a table")
+        try:
+            late = LatePolicy.from_table(data["late"], f"{path}: late")
+        except LatePolicyError as exc:
+            raise RubricError(str(exc)) from None
+    _require(late is not None or "after_due_date" not in visibility.values(), f"{path}: [visibility]",
+             "after_due_date needs a deadline ([late] deadline = ...)")
     limits = {}
     for key, value in data.get("limits", {}).items():
         _require(key in ("request_timeout", "submission_timeout", "memory_gib"), f"{path}: limits.{key}", "unknown key")
@@ -193,6 +217,8 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         tasks=tasks,
         digest=hashlib.sha256(raw_bytes).hexdigest(),
         meta=_meta(data.get("meta", {}), f"{path}: meta"),
+        visibility=visibility,
+        late=late,
     )
 
 

@@ -15,7 +15,10 @@ from grader.report import Report
 VISIBILITY = "visible"
 
 
-def render_gradescope(report: Report) -> str:
+def render_gradescope(report: Report, visibility: dict[str, str] | None = None) -> str:
+    """results.json; `visibility` (check id -> visible | after_due_date | hidden, the rubric's [visibility])
+    sets each test's Gradescope visibility (default: visible)."""
+    visibility = visibility or {}
     if report.status != "graded":
         return json.dumps({"score": 0.0, "output": f"The submission could not be graded: {report.error}",
                            "visibility": VISIBILITY, "tests": []}, indent=2)
@@ -24,7 +27,7 @@ def render_gradescope(report: Report) -> str:
         if check.status == "skipped":
             continue  # counts in neither score nor max score, as in report.json
         test = {"name": check.title, "number": check.id, "max_score": check.max_points,
-                "output": f"[{check.status}] {check.message}", "visibility": VISIBILITY}
+                "output": f"[{check.status}] {check.message}", "visibility": visibility.get(check.id, VISIBILITY)}
         if check.status == "manual":  # the message says "awaiting a TA" or "graded by a TA: ..."
             test["output"] = check.message
             if check.points is not None:

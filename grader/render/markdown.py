@@ -38,6 +38,9 @@ def render_markdown(report: Report) -> str:
         lines += [f"- problem: {_cell(report.error)}", ""]
         return "\n".join(lines)
     lines += [f"- score: **{report.score:g} / {report.max_score:g}**",
+              *([f"- late: {escape(str(report.late.get('reason', '')))}: raw {report.score:g}, penalty {report.penalty:g}, "
+                 f"final **{report.final_score:g} / {report.max_score:g}** (submitted {report.late.get('submitted_at')}, "
+                 f"due {report.late.get('deadline')})"] if report.late else []),
               f"- sandbox: {escape(str(report.sandbox.get('isolation', '?')))}", "",
               "| check | status | points | message |", "|---|---|---|---|"]
     for c in report.checks:
