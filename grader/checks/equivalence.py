@@ -21,6 +21,9 @@ from grader.checks.mapping import (
     find_modules,
     fnn_recipes,
     layer_recipes,
+    layout_key,
+    traced_layer_recipes,
+    traced_vit,
     vit_recipe,
 )
 from grader.expected import inputs
@@ -206,16 +209,21 @@ def layer_search(ctx: GradingContext) -> dict:
     built = ctx.shared("TransformerEncoderLayer", component_args("TransformerEncoderLayer", DEFAULT))
     state, x = ctx.expected.weights("TransformerEncoderLayer"), inputs("TransformerEncoderLayer")
     expected, _ = ctx.expected.output("TransformerEncoderLayer")
-    try:
+    try:  # fast path: the student's own SelfAttention and FNN inside, found by class
         recipes = layer_recipes(built.params, built.modules, DEFAULT, attention, fnn, CLASSES)
-    except MappingError as exc:
-        raise CheckFailed(f"TransformerEncoderLayer: {exc}") from None
-    attn_name = find_modules(built.modules, "SelfAttention")[0]
-    fnn_name = find_modules(built.modules, "FNN")[0]
+        attn_name = find_modules(built.modules, "SelfAttention")[0]
+        fnn_name = find_modules(built.modules, "FNN")[0]
+    except MappingError:  # otherwise by what the forward pass uses
+        events = ctx.trace(built, x, "TransformerEncoderLayer forward")
+        try:
+            recipes = traced_layer_recipes(events, built.params, DEFAULT, prefer=layout_key(attention))
+        except MappingError as exc:
+            raise CheckFailed(f"TransformerEncoderLayer: {exc}") from None
+        attn_name, fnn_name = recipes[0].parts["attention"], recipes[0].parts["fnn"]
+    capture = [name for name in (attn_name, fnn_name) if name]
     results = []
     for recipe in recipes:
-        values, reply = _try(ctx, built, recipe, state, x, "TransformerEncoderLayer forward",
-                             capture=[attn_name, fnn_name])
+        values, reply = _try(ctx, built, recipe, state, x, "TransformerEncoderLayer forward", capture=capture)
         if reply is None:
             continue
         a = reply.arrays
@@ -255,74 +263,162 @@ def check_encoder_layer(ctx: GradingContext) -> Outcome:
 
 
 # -- ViT ------------------------------------------------------------------------------------
-def check_vit(ctx: GradingContext) -> Outcome:
+@dataclass
+class VitMapping:
+    """How the reference ViT's weights go into the student's ViT, and where its stages can be observed."""
+
+    recipes: list[Recipe]  # most plausible first
+    layers: list[str]  # the encoder layers' module names ("" where no module holds a layer)
+    traced: bool
+
+
+def vit_mapping(ctx: GradingContext, built: Built, prefer: Recipe | None = None) -> VitMapping:
+    """The candidate mappings of the reference ViT into `built` (a student ViT in the default configuration):
+    by names and classes where they say it, else by the order in which one forward uses the parameters.
+    Raises CheckFailed naming what was found where no mapping can hold the reference's weights."""
+    try:
+        recipe = vit_recipe(built.params, built.modules, DEFAULT, prefer, CLASSES) if prefer else None
+    except MappingError:
+        recipe = None
+    if recipe is not None:
+        return VitMapping([recipe, channel_last(recipe, DEFAULT)], find_modules(built.modules, "TransformerEncoderLayer"),
+                          traced=False)
+    events = ctx.trace(built, inputs("ViT"), "ViT forward")
+    try:
+        traced = traced_vit(events, built.params, DEFAULT, prefer=layout_key(prefer) if prefer else "")
+    except MappingError as exc:
+        raise CheckFailed(f"ViT: {exc}") from None
+    return VitMapping(traced.recipes, [g.prefix for g in traced.layers], traced=True)
+
+
+def matching_vit_recipe(ctx: GradingContext) -> Recipe | None:
+    """The mapping under which the student's default ViT computes the reference's logits, if any (cached).
+
+    For checks that reuse the student's trained weights with the reference's function."""
+    result = vit_search(ctx)
+    return result["recipe"] if result["output"].close else None
+
+
+def vit_search(ctx: GradingContext) -> dict:
+    if "vit" in ctx.notes:
+        return ctx.notes["vit"]
     layer = layer_search(ctx)
     usable = [r for r in layer["results"] if r["output"].close or r["wiring"] is None] or layer["results"]
-    if not usable:
-        raise CheckFailed("ViT: the encoder layer's weights could not be mapped (see equiv.encoder_layer)")
-    layer_recipe, layer_matches = usable[0]["recipe"], usable[0]["output"].close
+    layer_recipe = usable[0]["recipe"] if usable else None
     built = ctx.shared("ViT", kwargs=DEFAULT.kwargs())
     state, x = ctx.expected.weights("ViT"), inputs("ViT")
     stages = ctx.expected.vit_stages()
-    try:
-        recipe = vit_recipe(built.params, built.modules, DEFAULT, layer_recipe, CLASSES)
-    except MappingError as exc:
-        raise CheckFailed(f"ViT: {exc}") from None
-    layers = find_modules(built.modules, "TransformerEncoderLayer")
-    patch_name, head_name = recipe.parts["patch"], recipe.parts["head"]
-    _, reply = _try(ctx, built, recipe, state, x, "ViT forward", capture=[patch_name, head_name, *layers], trace=True)
-    output = ctx.compare(reply.arrays["y"], stages.logits)
+    mapping = vit_mapping(ctx, built, layer_recipe)
+    capture_layers = [name for name in mapping.layers if name]
+    first = None
+    for recipe in mapping.recipes:
+        capture = [n for n in (recipe.parts.get("patch"), recipe.parts.get("head"), *capture_layers) if n]
+        _, reply = _try(ctx, built, recipe, state, x, "ViT forward", capture=capture, trace=True)
+        if reply is None:
+            continue
+        output = ctx.compare(reply.arrays["y"], stages.logits)
+        found = {"recipe": recipe, "reply": reply, "output": output, "mapping": mapping,
+                 "layer_matches": bool(usable) and usable[0]["output"].close}
+        first = first or found
+        if output.close:
+            first = found
+            break
+    if first is None:
+        raise CheckFailed("ViT: none of the weight mappings fits its parameters")
+    ctx.notes["vit"] = first
+    return first
+
+
+def channel_last(recipe: Recipe, config) -> Recipe:
+    """The same mapping for patches flattened (y, x, c): the patch embedding's input columns permuted."""
+    p = config.patch_size
+    columns = np.arange(3 * p * p).reshape(3, p, p).transpose(1, 2, 0).reshape(-1)
+
+    def make(ref):
+        return recipe.make({**ref, "patch_embed.weight": ref["patch_embed.weight"][:, columns]})
+    return Recipe(f"{recipe.description} (patch features y, x, c)", make, {**recipe.parts, "columns": "y, x, c"})
+
+
+def check_vit(ctx: GradingContext) -> Outcome:
+    found = vit_search(ctx)
+    recipe, reply, output, mapping = found["recipe"], found["reply"], found["output"], found["mapping"]
     details = {"mapping": recipe.description, "precision": ctx.precision, **output.as_details()}
     if output.close:
-        return Outcome.passed(f"matches the reference (max error {output.max_abs:.2g})", **details)
-    stage, problem = locate_divergence(ctx, reply, stages, state, patch_name, head_name, layers)
+        note = ""
+        if recipe.parts.get("columns") == "y, x, c":
+            note = ("; note: your patches are flattened channel-last (y, x, c), the handout's (c, y, x): the same model "
+                    "up to a permutation of the patch embedding's input columns, so it is correct")
+        return Outcome.passed(f"matches the reference (max error {output.max_abs:.2g}){note}", **details)
+    state, stages = ctx.expected.weights("ViT"), ctx.expected.vit_stages()
+    stage, problem, verified = locate_divergence(ctx, reply, stages, state, recipe.parts.get("patch", ""),
+                                                 recipe.parts.get("head", ""), mapping.layers)
     details["diverges_at"] = stage
-    if stage == "encoder layers" and not layer_matches:
+    if stage == "encoder layers" and verified and not found["layer_matches"]:
         return Outcome.passed("wired as in the handout (patch split, class token, position embedding, layers in "
-                              "order, final norm, class-token read-out); the output differs only inside the encoder "
-                              "layers, reported by equiv.encoder_layer / equiv.self_attention / equiv.fnn", **details)
+                              "order, final norm, class-token read-out and head, each checked on your own values); "
+                              "the output differs only inside the encoder layers, reported by equiv.encoder_layer / "
+                              "equiv.self_attention / equiv.fnn", **details)
     return Outcome.failed(f"ViT output differs from the reference; first divergence at {stage}: {problem}", **details)
 
 
-def locate_divergence(ctx, reply, stages, state, patch_name, head_name, layers) -> tuple[str, str]:
-    """The first stage where the student's ViT leaves the reference's path, and why."""
+def locate_divergence(ctx, reply, stages, state, patch_name, head_name, layers) -> tuple[str, str, bool]:
+    """The first stage where the student's ViT leaves the reference's path, why, and whether every stage
+    after a differing encoder layer was verified on the student's own values (so only the layers differ)."""
     a = reply.arrays
     tol = ctx.tolerance
     patch_in, patch_out = a.get(f"in:{patch_name}"), a.get(f"out:{patch_name}")
     if patch_in is not None and patch_in.ndim == 3 and not _close(ctx, patch_in, stages.patches):
         likely = diagnose.closest(patch_in, ctx.expected.variants("patches"), tol.rtol, tol.atol)
-        return "patch split", likely or f"patches {patch_in.shape} differ from the handout's (B, 64, 48) split"
+        if likely is None or "channel-last" not in likely:
+            return "patch split", likely or f"patches {patch_in.shape} differ from the handout's (B, 64, 48) split", False
     if patch_out is not None and patch_out.ndim == 4:  # Conv2d: (B, D, h, w) -> (B, h*w, D)
         patch_out = patch_out.reshape(patch_out.shape[0], patch_out.shape[1], -1).transpose(0, 2, 1)
     if patch_out is not None and not _close(ctx, patch_out, stages.patch_embed):
-        return "patch embedding", "the embedded patches differ from patch_embed(patches)"
+        return "patch embedding", "the embedded patches differ from patch_embed(patches)", False
+    if not layers or not all(layers):
+        return "encoder layers", ("the output differs, and the encoder layers are not modules of their own, so the "
+                                  "stage where it first differs cannot be observed"), False
     calls = [c["name"] for c in reply.header.get("calls", []) if c["name"] in layers]
+    if not calls:
+        return "encoder layers", ("the output differs, and the encoder layers' inputs and outputs cannot be observed "
+                                  f"({', '.join(layers[:2])}, ... are never called as modules)"), False
     if calls != layers:
-        return "layer order", f"layers were called in the order {calls}, expected each of {layers} once, in order"
+        return "layer order", f"layers were called in the order {calls}, expected each of {layers} once, in order", False
     tokens = a.get(f"in:{layers[0]}")
     if not _close(ctx, tokens, stages.tokens):
         embedded = patch_out if patch_out is not None else stages.patch_embed
-        likely = diagnose.closest(tokens, diagnose.token_variants(state, embedded), tol.rtol, tol.atol)
+        likely = diagnose.closest(tokens, diagnose.token_variants(state, embedded), tol.rtol, tol.atol) \
+            if tokens is not None else None
         if tokens is not None and tokens.shape != stages.tokens.shape:
             likely = likely or f"shape {tokens.shape} != expected {stages.tokens.shape}"
         return "class token and position embedding", likely or "the first encoder layer's input differs from " \
-            "cat(class_token, patch_embed(patches)) + pos_embed"
+            "cat(class_token, patch_embed(patches)) + pos_embed", False
+    differing_layer = None
     for i, name in enumerate(layers):
         layer_in, layer_out = a.get(f"in:{name}"), a.get(f"out:{name}")
         if i > 0 and not _close(ctx, layer_in, a.get(f"out:{layers[i - 1]}")):
-            return f"encoder layer {i}", f"layer {i} does not receive layer {i - 1}'s output"
+            return f"encoder layer {i}", f"layer {i} does not receive layer {i - 1}'s output", False
+        if differing_layer is not None:
+            continue  # off the reference's path: the rest is checked on the student's own values
         expected = ctx.expected.layer_output(i, layer_in)
         if expected is None:
             return f"encoder layer {i}", (f"layer {i}'s input differs from the reference's path, where the "
-                                          f"{ctx.expected.source} have no values to compare with")
+                                          f"{ctx.expected.source} have no values to compare with"), False
         if not _close(ctx, layer_out, expected):
-            return "encoder layers", (f"layer {i} differs from a reference layer on the same input; if "
-                                      "TransformerEncoderLayer alone matches, check the arguments ViT passes to it")
+            differing_layer = i
     last = a.get(f"out:{layers[-1]}")
-    head_in = a.get(f"in:{head_name}")
+    head_in = a.get(f"in:{head_name}") if head_name else None
+    if head_in is None or last is None:
+        return "final norm and class-token read-out", ("the output differs, and the head's input cannot be observed "
+                                                       "(the head is not a module of its own)"), False
     expected_head_in = diagnose.layer_norm(last, state["norm.weight"], state["norm.bias"])[:, 0]
     if not _close(ctx, head_in, expected_head_in):
-        likely = diagnose.closest(head_in, diagnose.readout_variants(last, state), tol.rtol, tol.atol) \
-            if head_in is not None else None
-        return "final norm and class-token read-out", likely or "the head's input is not norm(x)[:, 0]"
-    return "classification head", "the logits are not linear(norm(x)[:, 0])"
+        likely = diagnose.closest(head_in, diagnose.readout_variants(last, state), tol.rtol, tol.atol)
+        return "final norm and class-token read-out", likely or "the head's input is not norm(x)[:, 0]", False
+    logits = head_in @ state["linear.weight"].T + state["linear.bias"]
+    if not _close(ctx, reply.arrays["y"], logits):
+        return "classification head", "the logits are not linear(norm(x)[:, 0])", False
+    if differing_layer is not None:
+        return "encoder layers", (f"layer {differing_layer} differs from a reference layer on the same input; if "
+                                  "TransformerEncoderLayer alone matches, check the arguments ViT passes to it"), True
+    return "classification head", "every stage matches, yet the logits differ", False
