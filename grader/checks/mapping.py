@@ -82,7 +82,10 @@ def parse_params(raw: list[dict]) -> list[Param]:
 
 
 def _stem(name: str, drop: set[str]) -> str:
-    return "_".join(w for w in re.split(r"[._]+", name.lower()) if w and w not in drop)
+    words = re.split(r"[._]+", name.lower())
+    if len(words) == 1:  # `w1` / `b1`: the role letter glued to a number
+        words = re.findall(r"[a-z]+|\d+", words[0])
+    return "_".join(w for w in words if w and w not in drop)
 
 
 def _raw_bias(weight: Param, params: list[Param]) -> Param | None:
@@ -460,8 +463,11 @@ def trace_layout(events: list[dict], params: list[Param], embedding: Callable[[P
             if by_name[n] not in order:
                 order.append(by_name[n])
         if event["op"] == "layer_norm" and not set(names) & in_norm:
-            weight = next((by_name[n] for n in names if by_name[n].leaf != "bias"), None)
-            bias = next((by_name[n] for n in names if by_name[n].leaf == "bias"), None)
+            if len(names) == 2:  # layer_norm(x, shape, weight, bias, eps): the parameters in argument order
+                weight, bias = by_name[names[0]], by_name[names[1]]
+            else:
+                weight = next((by_name[n] for n in names if by_name[n].leaf != "bias"), None)
+                bias = next((by_name[n] for n in names if by_name[n].leaf == "bias"), None)
             norms.append(Norm(weight, bias, event.get("eps")))
             in_norm |= set(names)
     # Norms written by hand (a class of its own with 1-D gain and shift) are recognised by class name.
