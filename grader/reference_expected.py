@@ -116,6 +116,8 @@ def attention_variants(ref: State, x: np.ndarray, heads: int) -> dict[str, np.nd
         "the heads are merged without transposing (B, H, N, Dh) back to (B, N, H, Dh)": finish(right @ v, transpose=False),
         "the output projection (proj_out) is not applied": finish(right @ v, project=False),
         "the attention weights multiply the keys instead of the values": finish(right @ k),
+        "the scores are scaled after the softmax; the handout scales them before it: softmax(q k^T / sqrt(head dim))":
+            finish(scores.softmax(-1) * dh**-0.5 @ v),
     }
 
 

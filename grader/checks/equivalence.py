@@ -15,6 +15,7 @@ import numpy as np
 from grader.checks import diagnose
 from grader.checks.context import Built, CheckFailed, Comparison, GradingContext, Outcome
 from grader.checks.mapping import (
+    HANDOUT_EPS,
     MappingError,
     Recipe,
     attention_recipes,
@@ -22,12 +23,13 @@ from grader.checks.mapping import (
     fnn_recipes,
     layer_recipes,
     layout_key,
+    norm_eps,
     traced_layer_recipes,
     traced_vit,
     vit_recipe,
 )
 from grader.expected import inputs
-from grader.spec import DEFAULT, component_args
+from grader.spec import ALTERNATIVE, DEFAULT, component_args
 
 CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
 
@@ -108,6 +110,14 @@ def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
 
 def _verdict(ctx: GradingContext, kind: str, search: Search) -> Outcome:
     tried = len(search.trials)
+    if search.match and search.match.recipe.parts.get("extra_bias"):
+        return Outcome.failed(f"{kind} computes another function family: {search.match.recipe.parts['extra_bias']} "
+                              "(it matches the reference only with that bias set to zero)",
+                              mapping=search.match.recipe.description, mappings_tried=tried)
+    if search.match and kind == "FNN":
+        width = fnn_width_problem(ctx)
+        if width:
+            return Outcome.failed(width, mapping=search.match.recipe.description)
     if search.match:
         return Outcome.passed(f"matches the reference (max error {search.match.output.max_abs:.2g}) with mapping: "
                               f"{search.match.recipe.description}",
@@ -118,11 +128,28 @@ def _verdict(ctx: GradingContext, kind: str, search: Search) -> Outcome:
     # The right mapping is not always the closest one when the function is wrong: ask every trial.
     known = ctx.expected.variants(kind)
     likely = next((hit for t in search.trials if (hit := diagnose.closest(t.y, known, tol.rtol, tol.atol))), None)
-    reason = f"likely bug: {likely}" if likely else best.output.message or f"max error {best.output.max_abs:.3g}"
+    missing_bias = best.recipe.parts.get("missing_bias")
+    reason = f"likely bug: {likely}" if likely else f"likely bug: {missing_bias}" if missing_bias else \
+        best.output.message or f"max error {best.output.max_abs:.3g}"
     return Outcome.failed(f"{kind} output differs from the reference ({reason}); {tried} weight mapping(s) tried, "
                           f"closest: {best.recipe.description}",
                           mapping=best.recipe.description, mappings_tried=tried, diagnosis=likely,
                           precision=ctx.precision, **best.output.as_details())
+
+
+def fnn_width_problem(ctx: GradingContext) -> str | None:
+    """At the default configuration dim_feedforward == dim_hidden, so an FNN that ignores dim_feedforward
+    matches there: its layers must also hold the reference's at a configuration where every size differs."""
+    args = component_args("FNN", ALTERNATIVE)
+    built = ctx.shared("FNN", args)
+    try:
+        fnn_recipes(built.params, ALTERNATIVE)
+    except MappingError:
+        shapes = ", ".join(f"{p.name} {list(p.shape)}" for p in built.params if len(p.shape) >= 2)
+        return (f"FNN({args[0]}, {args[1]}) has weights {shapes}: the hidden layer's width is not dim_feedforward = "
+                f"{args[1]} (dim_feedforward is ignored); the handout's FNN maps dim_hidden -> dim_feedforward -> "
+                "dim_hidden")
+    return None
 
 
 def fnn_search(ctx: GradingContext) -> Search:
@@ -196,6 +223,30 @@ def layer_wiring(ctx: GradingContext, x, captured: dict, y, norm1: tuple, norm2:
     return None
 
 
+def norm_placement(ctx: GradingContext, x, arrays: dict, parts: dict, y) -> str | None:
+    """Post-norm (norm(x + branch(x))) read off the student's own LayerNorm modules: their first input is not
+    the layer's input and the layer returns the second one's output."""
+    n1, n2 = parts.get("norm1"), parts.get("norm2")
+    first_in, last_out = arrays.get(f"in:{n1}"), arrays.get(f"out:{n2}")
+    if first_in is None or last_out is None or _close(ctx, first_in, x):
+        return None
+    if _close(ctx, y, last_out):
+        return ("post-norm: the LayerNorms are applied after each residual addition (x = norm(x + attention(x))); "
+                "the handout is pre-norm: x + attention(norm1(x)), then x + fnn(norm2(x))")
+    return None
+
+
+def eps_problem(ctx: GradingContext, built: Built, x, what: str) -> str | None:
+    """A LayerNorm eps other than the handout's default, read from one traced forward (asked only on failure)."""
+    try:
+        eps = sorted(set(norm_eps(ctx.trace(built, x, what))))
+    except CheckFailed:
+        return None
+    other = [e for e in eps if not np.isclose(e, HANDOUT_EPS, rtol=1e-3)]
+    return (f"LayerNorm eps={other[0]:g}; the handout's nn.LayerNorm uses the default eps=1e-05"
+            if other else None)
+
+
 def _component_status(ctx: GradingContext) -> tuple[Recipe, Recipe, list[str]]:
     attention, fnn = attention_search(ctx), fnn_search(ctx)
     differing = [name for name, s in (("SelfAttention", attention), ("FNN", fnn)) if s.match is None]
@@ -220,7 +271,8 @@ def layer_search(ctx: GradingContext) -> dict:
         except MappingError as exc:
             raise CheckFailed(f"TransformerEncoderLayer: {exc}") from None
         attn_name, fnn_name = recipes[0].parts["attention"], recipes[0].parts["fnn"]
-    capture = [name for name in (attn_name, fnn_name) if name]
+    capture = [name for name in (attn_name, fnn_name, recipes[0].parts.get("norm1"), recipes[0].parts.get("norm2"))
+               if name]
     results = []
     for recipe in recipes:
         values, reply = _try(ctx, built, recipe, state, x, "TransformerEncoderLayer forward", capture=capture)
@@ -232,10 +284,13 @@ def layer_search(ctx: GradingContext) -> dict:
         norm1 = (state["norm1.weight"], state["norm1.bias"])
         norm2 = (state["norm2.weight"], state["norm2.bias"])
         wiring = layer_wiring(ctx, x, captured, reply.arrays["y"], norm1, norm2)
-        results.append({"recipe": recipe, "output": ctx.compare(reply.arrays["y"], expected), "wiring": wiring})
+        placement = norm_placement(ctx, x, reply.arrays, recipe.parts, reply.arrays["y"])
+        results.append({"recipe": recipe, "output": ctx.compare(reply.arrays["y"], expected), "wiring": wiring,
+                        "placement": placement})
         if results[-1]["output"].close:
             break
-    ctx.notes["layer"] = {"results": results, "differing": differing}
+    ctx.notes["layer"] = {"results": results, "differing": differing,
+                          "placement": results[0]["placement"] if results else None}
     return ctx.notes["layer"]
 
 
@@ -258,6 +313,11 @@ def check_encoder_layer(ctx: GradingContext) -> Outcome:
     first = results[0]
     reason = first["wiring"] if first["wiring"] not in (None, "unobservable") else (
         f"max error {first['output'].max_abs:.3g}")
+    reason = found.get("placement") or reason
+    eps = eps_problem(ctx, ctx.shared("TransformerEncoderLayer", component_args("TransformerEncoderLayer", DEFAULT)),
+                      inputs("TransformerEncoderLayer"), "TransformerEncoderLayer forward")
+    if eps:
+        reason = f"{eps}; {reason}"
     return Outcome.failed(f"TransformerEncoderLayer differs from the reference: {reason}",
                           mapping=first["recipe"].description, wiring=first["wiring"], **first["output"].as_details())
 
@@ -353,6 +413,9 @@ def check_vit(ctx: GradingContext) -> Outcome:
     stage, problem, verified = locate_divergence(ctx, reply, stages, state, recipe.parts.get("patch", ""),
                                                  recipe.parts.get("head", ""), mapping.layers)
     details["diverges_at"] = stage
+    eps = eps_problem(ctx, ctx.shared("ViT", kwargs=DEFAULT.kwargs()), inputs("ViT"), "ViT forward")
+    if eps and not verified:
+        problem = f"{eps}; {problem}"
     if stage == "encoder layers" and verified and not found["layer_matches"]:
         return Outcome.passed("wired as in the handout (patch split, class token, position embedding, layers in "
                               "order, final norm, class-token read-out and head, each checked on your own values); "

@@ -329,7 +329,8 @@ def layer_recipes(params: list[Param], modules: list[dict], config: ViTConfig,
                 out[f"{norm.prefix}.bias"] = ref[f"{ref_name}.bias"]
             return out
         recipes.append(Recipe(f"attention={attn_prefix}, fnn={fnn_prefix}, norm1={first.prefix}, norm2={second.prefix}",
-                              make))
+                              make, {"norm1": first.prefix, "norm2": second.prefix,
+                                     **_bias_parts(attention, fnn)}))
     return _finish(recipes, params, "attention, FNN and two LayerNorms")
 
 
@@ -525,11 +526,18 @@ def group_recipes(group: LayerGroup, config: ViTConfig, prefer: str = "") -> lis
                     out[norm.bias.name] = ref[f"{ref_name}.bias"].reshape(norm.bias.shape)
             return out
         parts = {"layout": layout_key(a), "attention": _common_prefix([p.name for p in group.attention_params]),
-                 "fnn": _common_prefix([p.name for p in group.mlp_params]), **_bias_parts(a, f)}
+                 "fnn": _common_prefix([p.name for p in group.mlp_params]), **_bias_parts(a, f),
+                 **{key: _norm_module(norm) for key, norm in zip(("norm1", "norm2"), group.norms, strict=True)}}
         recipes.append(Recipe(f"by execution order: attention ({a.description}), fnn ({f.description}), "
                               f"norm1={group.norms[0].params[0].name}, norm2={group.norms[1].params[0].name}",
                               make, parts))
     return recipes
+
+
+def _norm_module(norm: Norm) -> str:
+    """The module a norm's forward hook can observe: a LayerNorm module, not raw parameters used in F.layer_norm."""
+    weight = norm.weight
+    return weight.prefix if weight is not None and weight.owner == "LayerNorm" and weight.leaf == "weight" else ""
 
 
 def _bias_parts(*recipes: Recipe) -> dict[str, str]:
