@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from grader.checks.diagnose import as_tensor
-from grader.expected import SEEDS, Expected, State, ViTStages, inputs, random_weights
-from grader.spec import DEFAULT, ViTConfig, component_args, component_kwargs
+from grader.expected import SEEDS, Expected, State, ViTStages, alternative_inputs, inputs, random_weights
+from grader.spec import ALTERNATIVE, DEFAULT, ViTConfig, component_args, component_kwargs
 from reference.vit import FNN, SelfAttention, TransformerEncoderLayer, ViT
 
 
@@ -83,6 +83,17 @@ class ReferenceExpected(Expected):
             return ViTStages(patches=patches.numpy(), patch_embed=model.patch_embed(patches).numpy(),
                              tokens=tokens.numpy(), layer_outputs=outputs, normed=normed.numpy(),
                              logits=model.linear(normed[:, 0]).numpy())
+
+    def alternative_weights(self, kind: str) -> State:
+        module = build_reference(kind, ALTERNATIVE, seed=SEEDS[kind])
+        return {name: p.detach().numpy().copy() for name, p in module.named_parameters()}
+
+    def alternative_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+        return layout(build_reference(kind, ALTERNATIVE, seed=SEEDS[kind]))
+
+    def alternative_output(self, kind: str) -> np.ndarray:
+        with torch.no_grad():
+            return build_reference(kind, ALTERNATIVE, seed=SEEDS[kind])(as_tensor(alternative_inputs(kind))).numpy()
 
     def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
         if layer_in is None:

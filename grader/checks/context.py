@@ -182,6 +182,13 @@ class GradingContext:
             self.notes[key] = {"keywords": keywords, "renames": {} if variadic else keyword_renames(keywords)}
         return self.notes[key]
 
+    def attention_layout(self, weights: np.ndarray | None, batch: int, heads: int) -> np.ndarray | None:
+        """attn_weights in the handout's (B, heads, N, N) layout. A (heads, B, N, N) array, unambiguous when
+        B != heads, is transposed: load.interface alone charges for the layout."""
+        if weights is not None and weights.ndim == 4 and batch != heads and weights.shape[:2] == (heads, batch):
+            return weights.transpose(1, 0, 2, 3)
+        return weights
+
     def trace(self, built: Built, x: np.ndarray, what: str) -> list[dict]:
         """The calls of one forward that use the module's parameters, in order (see mapping.trace_layout)."""
         key = f"trace:{built.handle}"

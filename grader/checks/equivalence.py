@@ -28,7 +28,7 @@ from grader.checks.mapping import (
     traced_vit,
     vit_recipe,
 )
-from grader.expected import inputs
+from grader.expected import alternative_inputs, inputs
 from grader.spec import ALTERNATIVE, DEFAULT, component_args
 
 CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
@@ -97,7 +97,7 @@ def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
             continue
         trial = Trial(recipe, ctx.compare(reply.arrays["y"], expected), values, reply.arrays["y"])
         if "attn_weights" in extras:
-            stored = reply.arrays.get("attr:attn_weights")
+            stored = ctx.attention_layout(reply.arrays.get("attr:attn_weights"), x.shape[0], DEFAULT.num_heads)
             trial.weights = ctx.compare(stored, extras["attn_weights"]) if stored is not None else None
         trials.append(trial)
         if trial.output.close:
@@ -114,10 +114,11 @@ def _verdict(ctx: GradingContext, kind: str, search: Search) -> Outcome:
         return Outcome.failed(f"{kind} computes another function family: {search.match.recipe.parts['extra_bias']} "
                               "(it matches the reference only with that bias set to zero)",
                               mapping=search.match.recipe.description, mappings_tried=tried)
-    if search.match and kind == "FNN":
-        width = fnn_width_problem(ctx)
-        if width:
-            return Outcome.failed(width, mapping=search.match.recipe.description)
+    if search.match:
+        problem = (fnn_width_problem(ctx) if kind == "FNN" else None) or alternative_problem(ctx, kind, search.match.recipe)
+        if problem:
+            return Outcome.failed(problem if kind == "FNN" and problem.startswith("FNN(") else f"{kind}: {problem}",
+                                  mapping=search.match.recipe.description)
     if search.match:
         return Outcome.passed(f"matches the reference (max error {search.match.output.max_abs:.2g}) with mapping: "
                               f"{search.match.recipe.description}",
@@ -135,6 +136,85 @@ def _verdict(ctx: GradingContext, kind: str, search: Search) -> Outcome:
                           f"closest: {best.recipe.description}",
                           mapping=best.recipe.description, mappings_tried=tried, diagnosis=likely,
                           precision=ctx.precision, **best.output.as_details())
+
+
+def _sizes(kind: str) -> str:
+    config = ALTERNATIVE
+    names = {"FNN": ("dim_hidden", "dim_feedforward"), "SelfAttention": ("dim_hidden", "num_heads"),
+             "TransformerEncoderLayer": ("dim_hidden", "num_heads", "dim_feedforward")}.get(kind, tuple(config.kwargs()))
+    return ", ".join(f"{name}={getattr(config, name)}" for name in names)
+
+
+def _alternative_recipes(ctx: GradingContext, kind: str, built: Built, x: np.ndarray) -> list[Recipe]:
+    """Candidate mappings at the ALTERNATIVE configuration, built as at the default one."""
+    if kind == "FNN":
+        return fnn_recipes(built.params, ALTERNATIVE)
+    if kind == "SelfAttention":
+        return attention_recipes(built.params, ALTERNATIVE)
+    if kind == "TransformerEncoderLayer":
+        parts = []
+        for part in ("SelfAttention", "FNN"):
+            alternative_problem(ctx, part, search=None)
+            parts.append(ctx.notes.get(f"alternative-recipe:{part}"))
+        try:
+            if None in parts:
+                raise MappingError("the components have no mapping at these sizes")
+            return layer_recipes(built.params, built.modules, ALTERNATIVE, parts[0], parts[1], CLASSES)
+        except MappingError:
+            return traced_layer_recipes(ctx.trace(built, x, "TransformerEncoderLayer forward"), built.params,
+                                        ALTERNATIVE)
+    layer = ctx.notes.get("alternative-recipe:TransformerEncoderLayer")
+    try:
+        if layer is None:
+            raise MappingError("no layer mapping")
+        recipe = vit_recipe(built.params, built.modules, ALTERNATIVE, layer, CLASSES)
+        return [recipe, channel_last(recipe, ALTERNATIVE)]
+    except MappingError:
+        return traced_vit(ctx.trace(built, x, "ViT forward"), built.params, ALTERNATIVE).recipes
+
+
+def alternative_problem(ctx: GradingContext, kind: str, search: Recipe | None) -> str | None:
+    """Run `kind` at the ALTERNATIVE configuration, where every size differs from every other, with the
+    mapping that matched at the default one (rebuilt for these sizes). At the default configuration
+    dim_feedforward == dim_hidden, so a swapped or ignored size argument can only show here.
+    Returns None when it matches (or the expected values have nothing for it), else what differs."""
+    key = f"alternative:{kind}"
+    if key in ctx.notes:
+        return ctx.notes[key]
+    ctx.notes[key] = None
+    expected, state = ctx.expected.alternative_output(kind), ctx.expected.alternative_weights(kind)
+    if expected is None or state is None:
+        return None
+    x = alternative_inputs(kind)
+    built = (ctx.shared("ViT", kwargs=ALTERNATIVE.kwargs()) if kind == "ViT"
+             else ctx.shared(kind, component_args(kind, ALTERNATIVE)))
+    try:
+        recipes = _alternative_recipes(ctx, kind, built, x)
+    except MappingError as exc:
+        ctx.notes[key] = f"at {_sizes(kind)} (every size different) the weights cannot be mapped: {exc}"
+        return ctx.notes[key]
+    if search is not None:
+        recipes.sort(key=lambda r: r.description != search.description)
+    best = None
+    for recipe in recipes[:16]:
+        _, reply = _try(ctx, built, recipe, state, x, f"{kind} forward at {_sizes(kind)}")
+        if reply is None:
+            continue
+        output = ctx.compare(reply.arrays["y"], expected)
+        if output.close:
+            ctx.notes[f"alternative-recipe:{kind}"] = recipe
+            return None
+        best = best if best is not None and best.max_abs <= output.max_abs else output
+        ctx.notes.setdefault(f"alternative-recipe:{kind}", recipe)
+    error = (best.message or f"max error {best.max_abs:.3g}") if best else "no mapping fits its parameters"
+    ctx.notes[key] = (f"it matches the reference at the default sizes but not at {_sizes(kind)}, where every size "
+                      f"differs ({error}): a size argument is ignored, swapped or hard-coded")
+    return ctx.notes[key]
+
+
+def _parts_differ(ctx: GradingContext, *kinds: str) -> bool:
+    """Whether a part already fails at the ALTERNATIVE configuration (its own check charges for it)."""
+    return any(ctx.notes.get(f"alternative:{kind}") for kind in kinds)
 
 
 def fnn_width_problem(ctx: GradingContext) -> str | None:
@@ -300,6 +380,9 @@ def check_encoder_layer(ctx: GradingContext) -> Outcome:
     if not results:
         raise CheckFailed("TransformerEncoderLayer: no weight mapping fits its parameters")
     for r in results:
+        if r["output"].close and not _parts_differ(ctx, "SelfAttention", "FNN") and (
+                problem := alternative_problem(ctx, "TransformerEncoderLayer", r["recipe"])):
+            return Outcome.failed(f"TransformerEncoderLayer: {problem}", mapping=r["recipe"].description)
         if r["output"].close:
             return Outcome.passed(f"matches the reference (max error {r['output'].max_abs:.2g}) with mapping: "
                                   f"{r['recipe'].description}", mapping=r["recipe"].description,
@@ -403,6 +486,9 @@ def check_vit(ctx: GradingContext) -> Outcome:
     found = vit_search(ctx)
     recipe, reply, output, mapping = found["recipe"], found["reply"], found["output"], found["mapping"]
     details = {"mapping": recipe.description, "precision": ctx.precision, **output.as_details()}
+    if output.close and not _parts_differ(ctx, "SelfAttention", "FNN", "TransformerEncoderLayer") and (
+            problem := alternative_problem(ctx, "ViT", recipe)):
+        return Outcome.failed(f"ViT: {problem}", **details)
     if output.close:
         note = ""
         if recipe.parts.get("columns") == "y, x, c":
