@@ -90,6 +90,11 @@ MUTANTS: tuple[Mutant, ...] = (
       "shapes.vit_config", "must match"),
     m("shared_layers", LAYERS, "self.layers = nn.ModuleList([TransformerEncoderLayer(dim_hidden, num_heads, "
       "dim_feedforward)] * num_layers)", "equiv.vit", "share their weights"),
+    # A read-out bug must not hide behind a small error in the FNN ("wired as in the handout" is claimed
+    # only after the stages after the layers are checked on the student's own values).
+    Mutant("readout_bug_behind_fnn_error", (("return self.linear2(self.activation(self.linear1(x)))",
+                                             "return self.linear2(self.activation(self.linear1(x))) + 1e-3"),
+                                            (READOUT, "x = self.norm(x)[:, -1]")), "equiv.vit", "last token"),
     m("dropout_in_eval_mode", SOFTMAX, "attn = F.dropout(attn.softmax(dim=-1), 0.1, training=True)",
       "props.determinism", "eval mode"),
     m("softmax_over_batch", SOFTMAX, "attn = attn.softmax(dim=0)", "props.batch_independence", "depends on the other"),

@@ -607,6 +607,10 @@ DIFFERENCES: tuple[Difference, ...] = (
     d("mlp_width_ignored", TIMM_STYLE, "super().__init__(dim_hidden, dim_feedforward)",
       "super().__init__(dim_hidden, dim_hidden)", "equiv.fnn", "dim_feedforward"),
     d("tanh_gelu", PRENORM_STYLE, "nn.GELU()", "nn.GELU(approximate='tanh')", "equiv.fnn", "tanh"),
+    Difference("readout_bug_behind_mlp_difference", PRENORM_STYLE,
+               (("nn.GELU()", "nn.GELU(approximate='tanh')"), ("return self.mlp_head(x[:, 0])",
+                                                               "return self.mlp_head(x.mean(dim=1))")),
+               "equiv.vit", "mean"),
     d("post_norm", "inline_attention_sequential_fnn_subclass",
       "y, self.attn_weights = attend(self.ln_1(x), self.c_attn, self.c_proj, self.heads)\n        x = x + y\n"
       "        return x + self.mlp(self.ln_2(x))",

@@ -29,6 +29,7 @@ from grader.checks.mapping import (
     vit_recipe,
 )
 from grader.expected import alternative_inputs, inputs
+from grader.sandbox import Reply
 from grader.spec import ALTERNATIVE, DEFAULT, component_args
 
 CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
@@ -496,6 +497,7 @@ def check_vit(ctx: GradingContext) -> Outcome:
                     "up to a permutation of the patch embedding's input columns, so it is correct")
         return Outcome.passed(f"matches the reference (max error {output.max_abs:.2g}){note}", **details)
     state, stages = ctx.expected.weights("ViT"), ctx.expected.vit_stages()
+    reply = _observe_container_layers(ctx, found, state)
     stage, problem, verified = locate_divergence(ctx, reply, stages, state, recipe.parts.get("patch", ""),
                                                  recipe.parts.get("head", ""), mapping.layers)
     details["diverges_at"] = stage
@@ -508,6 +510,36 @@ def check_vit(ctx: GradingContext) -> Outcome:
                               "the output differs only inside the encoder layers, reported by equiv.encoder_layer / "
                               "equiv.self_attention / equiv.fnn", **details)
     return Outcome.failed(f"ViT output differs from the reference; first divergence at {stage}: {problem}", **details)
+
+
+def _observe_container_layers(ctx: GradingContext, found: dict, state) -> Reply:
+    """Layers held in containers that are never called themselves (a ModuleList of [PreNorm(attention),
+    PreNorm(mlp)]) have no forward hook to observe: a layer's input is then its first called submodule's
+    input, and its output the next layer's input or, after the last layer, the final norm's input."""
+    reply, layers, recipe = found["reply"], found["mapping"].layers, found["recipe"]
+    calls = [c["name"] for c in reply.header.get("calls", [])]
+    norm = recipe.parts.get("norm")
+    if not layers or not all(layers) or not norm or any(name in calls for name in layers):
+        return reply
+    entries = [next((c for c in calls if c.startswith(f"{name}.")), None) for name in layers]
+    if None in entries:
+        return reply
+    parts = layers[0].split(".")
+    stack = next((".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1) if ".".join(parts[:k]) in calls), "")
+    capture = [n for n in (recipe.parts.get("patch"), recipe.parts.get("head"), *entries, norm, stack) if n]
+    built = ctx.shared("ViT", kwargs=DEFAULT.kwargs())
+    _, again = _try(ctx, built, recipe, state, inputs("ViT"), "ViT forward", capture=capture, trace=True)
+    arrays = dict(again.arrays)
+    # After the last layer: the final norm's input if it sees every token, else the stack's output.
+    last = again.arrays.get(f"in:{norm}")
+    if last is None or last.ndim != 3:
+        last = again.arrays.get(f"out:{stack}") if stack else None
+    for i, name in enumerate(layers):
+        arrays[f"in:{name}"] = again.arrays.get(f"in:{entries[i]}")
+        arrays[f"out:{name}"] = again.arrays.get(f"in:{entries[i + 1]}") if i + 1 < len(layers) else last
+    if any(value is None for value in arrays.values()):
+        return reply
+    return Reply({**again.header, "calls": [*again.header["calls"], *({"name": n} for n in layers)]}, arrays)
 
 
 def locate_divergence(ctx, reply, stages, state, patch_name, head_name, layers) -> tuple[str, str, bool]:
