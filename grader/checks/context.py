@@ -179,7 +179,8 @@ class GradingContext:
                 if error.worker_died:
                     raise
                 keywords, variadic = [], True  # unknown: pass the handout's keywords and let the build say
-            self.notes[key] = {"keywords": keywords, "renames": {} if variadic else keyword_renames(keywords)}
+            self.notes[key] = {"keywords": keywords, "variadic": variadic,
+                               "renames": {} if variadic else keyword_renames(keywords)}
         return self.notes[key]
 
     def attention_layout(self, weights: np.ndarray | None, batch: int, heads: int) -> np.ndarray | None:

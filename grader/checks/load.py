@@ -42,7 +42,7 @@ def check_interface(ctx: GradingContext) -> Outcome:
             continue
         interface = ctx.interface(name)
         for keyword in keywords:
-            if keyword in interface["keywords"] or not interface["keywords"]:
+            if keyword in interface["keywords"] or interface["variadic"]:
                 continue
             renamed = interface["renames"].get(keyword)
             problems.append(f"{name}.__init__ has no keyword {keyword}" + (f"; it has {renamed}" if renamed else ""))
