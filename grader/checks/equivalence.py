@@ -146,8 +146,10 @@ def _sizes(kind: str) -> str:
     return ", ".join(f"{name}={getattr(config, name)}" for name in names)
 
 
-def _alternative_recipes(ctx: GradingContext, kind: str, built: Built, x: np.ndarray) -> list[Recipe]:
+def _alternative_recipes(ctx: GradingContext, kind: str, built: Built, x: np.ndarray, default: Recipe | None
+                         ) -> list[Recipe]:
     """Candidate mappings at the ALTERNATIVE configuration, built as at the default one."""
+    prefer = layout_key(default) if default is not None else ""
     if kind == "FNN":
         return fnn_recipes(built.params, ALTERNATIVE)
     if kind == "SelfAttention":
@@ -163,7 +165,7 @@ def _alternative_recipes(ctx: GradingContext, kind: str, built: Built, x: np.nda
             return layer_recipes(built.params, built.modules, ALTERNATIVE, parts[0], parts[1], CLASSES)
         except MappingError:
             return traced_layer_recipes(ctx.trace(built, x, "TransformerEncoderLayer forward"), built.params,
-                                        ALTERNATIVE)
+                                        ALTERNATIVE, prefer)
     layer = ctx.notes.get("alternative-recipe:TransformerEncoderLayer")
     try:
         if layer is None:
@@ -171,7 +173,7 @@ def _alternative_recipes(ctx: GradingContext, kind: str, built: Built, x: np.nda
         recipe = vit_recipe(built.params, built.modules, ALTERNATIVE, layer, CLASSES)
         return [recipe, channel_last(recipe, ALTERNATIVE)]
     except MappingError:
-        return traced_vit(ctx.trace(built, x, "ViT forward"), built.params, ALTERNATIVE).recipes
+        return traced_vit(ctx.trace(built, x, "ViT forward"), built.params, ALTERNATIVE, prefer).recipes
 
 
 def alternative_problem(ctx: GradingContext, kind: str, search: Recipe | None) -> str | None:
@@ -190,7 +192,7 @@ def alternative_problem(ctx: GradingContext, kind: str, search: Recipe | None) -
     built = (ctx.shared("ViT", kwargs=ALTERNATIVE.kwargs()) if kind == "ViT"
              else ctx.shared(kind, component_args(kind, ALTERNATIVE)))
     try:
-        recipes = _alternative_recipes(ctx, kind, built, x)
+        recipes = _alternative_recipes(ctx, kind, built, x, search)
     except MappingError as exc:
         ctx.notes[key] = f"at {_sizes(kind)} (every size different) the weights cannot be mapped: {exc}"
         return ctx.notes[key]

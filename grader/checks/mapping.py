@@ -329,7 +329,7 @@ def layer_recipes(params: list[Param], modules: list[dict], config: ViTConfig,
                 out[f"{norm.prefix}.bias"] = ref[f"{ref_name}.bias"]
             return out
         recipes.append(Recipe(f"attention={attn_prefix}, fnn={fnn_prefix}, norm1={first.prefix}, norm2={second.prefix}",
-                              make, {"norm1": first.prefix, "norm2": second.prefix,
+                              make, {"norm1": first.prefix, "norm2": second.prefix, "layout": layout_key(attention),
                                      **_bias_parts(attention, fnn)}))
     return _finish(recipes, params, "attention, FNN and two LayerNorms")
 
@@ -630,7 +630,7 @@ def traced_vit(events: list[dict], params: list[Param], config: ViTConfig, prefe
                     out[param.name] = ref[key].reshape(param.shape)
             return out
         parts = {"patch": _module_of(patch), "head": _module_of(head), "norm": final.params[0].prefix if final.params else "",
-                 "columns": label, **_bias_parts(*per_layer)}
+                 "columns": label, "layout": layout_key(per_layer[0]), **_bias_parts(*per_layer)}
         recipes.append(Recipe(f"by execution order: patch={patch.weight.name} (patch features {label}), class token="
                               f"{cls_param.name}, position={pos_param.name}, layers={','.join(g.prefix or '?' for g in groups)}, "
                               f"head={head.weight.name}", make, parts))
