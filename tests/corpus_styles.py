@@ -528,6 +528,24 @@ CHANNEL_LAST = TIMM.replace("permute(0, 2, 4, 1, 3, 5)", "permute(0, 2, 4, 3, 5,
 KEYWORD_LAYOUT = HEADS.replace("SelfAttention = MultiHeadAttention", "SelfAttention = MultiHeadAttention\n\n\n"
                                "class Stack(nn.Sequential):\n    pass")
 
+HANDWRITTEN_NORM = TIMM.replace("class Block(nn.Module):", '''class LayerNorm(nn.Module):
+    """Layer normalisation written out (biased variance, as nn.LayerNorm)."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        mean = x.mean(dim=-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+        return self.gamma * (x - mean) / torch.sqrt(var + self.eps) + self.beta
+
+
+class Block(nn.Module):''').replace("norm_layer=nn.LayerNorm", "norm_layer=LayerNorm").replace(
+    "self.norm = nn.LayerNorm(dim_hidden)", "self.norm = LayerNorm(dim_hidden)")
+
 STYLES: dict[str, str] = {
     "timm_block_attention_mlp_sequential": TIMM,
     "prenorm_wrappers_nested_modulelists": PRENORM,
@@ -543,6 +561,7 @@ STYLES: dict[str, str] = {
         "self.blocks = nn.ModuleList([", "self.blocks = Stack(*[").replace(
         "for block in self.blocks:\n            x = block(x)", "x = self.blocks(x)"),
     "prenorm_channel_last_unfold": PRENORM.replace("permute(0, 2, 4, 1, 3, 5)", "permute(0, 2, 4, 3, 5, 1)"),
+    "handwritten_layer_norm_module": HANDWRITTEN_NORM,
     "inline_attention_head_major_fused": INLINE.replace(
         "q, k, v = proj_in(x).split(d, dim=-1)\n    q, k, v = (t.view(b, n, heads, d // heads).transpose(1, 2) for t in (q, k, v))",
         "q, k, v = proj_in(x).view(b, n, heads, 3, d // heads).permute(3, 0, 2, 1, 4)"),

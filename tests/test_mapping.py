@@ -48,6 +48,12 @@ def test_functional_layer_norm_reads_weight_and_bias_by_argument_position():
     assert layout.norms[0].weight.name == "g1" and layout.norms[0].bias.name == "b1"
 
 
+def test_hand_written_norm_module_pairs_its_gain_and_shift():
+    params = [Param("ln.gamma", (D,), "LayerNorm"), Param("ln.beta", (D,), "LayerNorm")]
+    layout = trace_layout([{"op": "mul", "params": ["ln.gamma"]}, {"op": "add", "params": ["ln.beta"]}], params)
+    assert [(n.weight.name, n.bias.name) for n in layout.norms] == [("ln.gamma", "ln.beta")]
+
+
 def test_extra_norm_in_a_layer_is_named():
     params, events = layer_trace("")
     params += norm("mlp.inner")

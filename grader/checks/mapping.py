@@ -473,10 +473,14 @@ def trace_layout(events: list[dict], params: list[Param], embedding: Callable[[P
             in_norm |= set(names)
     # Norms written by hand (a class of its own with 1-D gain and shift) are recognised by class name.
     for p in order:
-        if p.name not in in_norm and "norm" in p.owner.lower() and len(p.shape) == 1 and p.leaf != "bias":
-            bias = by_name.get(f"{p.prefix}.bias") or _raw_bias(p, params)
-            norms.append(Norm(p, bias, None))
-            in_norm |= {p.name} | ({bias.name} if bias else set())
+        if p.name in in_norm or "norm" not in p.owner.lower() or len(p.shape) != 1:
+            continue
+        pair = [q for q in params if q.prefix == p.prefix and len(q.shape) == 1 and q.name not in in_norm]
+        shifts = [q for q in pair if re.fullmatch(r"(bias|beta|shift|b|b_?\d*)", q.leaf.lower())]
+        bias = shifts[0] if len(shifts) == 1 else (pair[1] if len(pair) == 2 else None)
+        weight = next((q for q in pair if q is not bias), None)
+        norms.append(Norm(weight, bias, None))
+        in_norm |= {q.name for q in (weight, bias) if q is not None}
     norms.sort(key=lambda nm: order.index(nm.params[0]) if nm.params else 0)
     rest = [p for p in order if p.name not in in_norm]
     units = [u for u in weight_units([p for p in rest if not embedding(p)]) if u.weight.owner != "Conv2d"]
