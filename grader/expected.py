@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grader.spec import DEFAULT, KINDS, random_input
+from grader.spec import ALTERNATIVE, DEFAULT, KINDS, random_input
 
 State = dict[str, np.ndarray]
 # Seeds of the reference's random weights; the inputs use seed + 100.
@@ -36,6 +36,11 @@ class VectorsError(Exception):
 def inputs(kind: str) -> np.ndarray:
     """The fixed input each equivalence check feeds to a component (float64, batch 2)."""
     return random_input(kind, DEFAULT, batch=2, seed=SEEDS[kind] + 100)
+
+
+def alternative_inputs(kind: str) -> np.ndarray:
+    """The input each equivalence check feeds at the ALTERNATIVE configuration, where every size differs."""
+    return random_input(kind, ALTERNATIVE, batch=2, seed=SEEDS[kind] + 200)
 
 
 @dataclass
@@ -79,6 +84,19 @@ class Expected:
 
     def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
         """The reference ViT's encoder layer `index` applied to `layer_in`, or None where unknown."""
+        raise NotImplementedError
+
+    # At the ALTERNATIVE configuration (every size differs from every other, so an ignored or swapped
+    # size argument shows): the weights come from their layout and seed as above; the outputs are
+    # logits for "ViT". None where the source has no such values (test vectors of an older bundle).
+    def alternative_weights(self, kind: str) -> State | None:
+        layout = self.alternative_layout(kind)
+        return None if layout is None else random_weights(*layout, SEEDS[kind])
+
+    def alternative_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]] | None:
+        raise NotImplementedError
+
+    def alternative_output(self, kind: str) -> np.ndarray | None:
         raise NotImplementedError
 
 
@@ -140,6 +158,14 @@ def record(expected: Expected, path: Path, leave_out: set[str] | frozenset[str] 
         meta["variants"][kind] = list(found)
         for i, value in enumerate(found.values()):
             arrays[f"{kind}/variant/{i}"] = value
+    meta["alternative"] = {"inputs": {}, "weights": {}}
+    for kind in KINDS:
+        meta["alternative"]["inputs"][kind] = digest(alternative_inputs(kind))
+        shapes, gains = expected.alternative_layout(kind)
+        meta["alternative"]["weights"][kind] = {"shapes": {k: list(v) for k, v in shapes.items()},
+                                                "norm_gains": sorted(gains)}
+        if wanted(kind):
+            arrays[f"alternative/{kind}/output"] = expected.alternative_output(kind)
     stages = expected.vit_stages() if wanted("ViT") else None
     for f in fields(ViTStages) if stages else ():
         value = getattr(stages, f.name)
@@ -205,6 +231,24 @@ class VectorExpected(Expected):
         if layer_in is not None and layer_in.shape == path_in.shape and np.allclose(layer_in, path_in, 1e-4, 1e-5):
             return stages.layer_outputs[index]
         return None
+
+
+    def _alternative_ok(self, kind: str) -> bool:
+        alternative = self.meta.get("alternative", {})
+        return alternative.get("inputs", {}).get(kind) == digest(alternative_inputs(kind))
+
+    @functools.cache  # noqa: B019 - a handful of instances per process
+    def alternative_weights(self, kind: str) -> State | None:
+        return super().alternative_weights(kind)
+
+    def alternative_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]] | None:
+        if not self._alternative_ok(kind):
+            return None
+        layout = self.meta["alternative"]["weights"][kind]
+        return {k: tuple(v) for k, v in layout["shapes"].items()}, set(layout["norm_gains"])
+
+    def alternative_output(self, kind: str) -> np.ndarray | None:
+        return self.arrays.get(f"alternative/{kind}/output") if self._alternative_ok(kind) else None
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from grader.checks.diagnose import as_tensor
-from grader.expected import SEEDS, Expected, State, ViTStages, inputs, random_weights
-from grader.spec import DEFAULT, ViTConfig, component_args, component_kwargs
+from grader.expected import SEEDS, Expected, State, ViTStages, alternative_inputs, inputs, random_weights
+from grader.spec import ALTERNATIVE, DEFAULT, ViTConfig, component_args, component_kwargs
 from reference.vit import FNN, SelfAttention, TransformerEncoderLayer, ViT
 
 
@@ -84,6 +84,17 @@ class ReferenceExpected(Expected):
                              tokens=tokens.numpy(), layer_outputs=outputs, normed=normed.numpy(),
                              logits=model.linear(normed[:, 0]).numpy())
 
+    def alternative_weights(self, kind: str) -> State:
+        module = build_reference(kind, ALTERNATIVE, seed=SEEDS[kind])
+        return {name: p.detach().numpy().copy() for name, p in module.named_parameters()}
+
+    def alternative_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+        return layout(build_reference(kind, ALTERNATIVE, seed=SEEDS[kind]))
+
+    def alternative_output(self, kind: str) -> np.ndarray:
+        with torch.no_grad():
+            return build_reference(kind, ALTERNATIVE, seed=SEEDS[kind])(as_tensor(alternative_inputs(kind))).numpy()
+
     def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
         if layer_in is None:
             return None
@@ -116,6 +127,8 @@ def attention_variants(ref: State, x: np.ndarray, heads: int) -> dict[str, np.nd
         "the heads are merged without transposing (B, H, N, Dh) back to (B, N, H, Dh)": finish(right @ v, transpose=False),
         "the output projection (proj_out) is not applied": finish(right @ v, project=False),
         "the attention weights multiply the keys instead of the values": finish(right @ k),
+        "the scores are scaled after the softmax; the handout scales them before it: softmax(q k^T / sqrt(head dim))":
+            finish(scores.softmax(-1) * dh**-0.5 @ v),
     }
 
 

@@ -82,8 +82,6 @@ MUTANTS: tuple[Mutant, ...] = (
     m("reads_last_token", READOUT, "x = self.norm(x)[:, -1]", "equiv.vit", "last token"),
     m("mean_pooling", READOUT, "x = self.norm(x).mean(dim=1)", "equiv.vit", "mean of all tokens"),
     m("no_final_norm", READOUT, "x = x[:, 0]", "equiv.vit", "final LayerNorm"),
-    m("channel_last_patches", PERMUTE, "x = x.permute(0, 2, 4, 3, 5, 1).reshape(bs, -1, 3 * self.patch_size ** 2)",
-      "equiv.vit", "channel-last"),
     m("patches_without_permute", PERMUTE, "x = x.reshape(bs, -1, 3 * self.patch_size ** 2)", "equiv.vit",
       "without permuting"),
     m("hard_coded_heads", QKV_VIEW, "qkv = self.proj_in(x).view(bs, n, 3, 8, 64).permute(2, 0, 3, 1, 4)",
@@ -91,7 +89,12 @@ MUTANTS: tuple[Mutant, ...] = (
     m("hard_coded_patch_count", "num_patches = (img_size // patch_size) ** 2", "num_patches = 64",
       "shapes.vit_config", "must match"),
     m("shared_layers", LAYERS, "self.layers = nn.ModuleList([TransformerEncoderLayer(dim_hidden, num_heads, "
-      "dim_feedforward)] * num_layers)", "equiv.vit", "expected num_layers = 6"),
+      "dim_feedforward)] * num_layers)", "equiv.vit", "share their weights"),
+    # A read-out bug must not hide behind a small error in the FNN ("wired as in the handout" is claimed
+    # only after the stages after the layers are checked on the student's own values).
+    Mutant("readout_bug_behind_fnn_error", (("return self.linear2(self.activation(self.linear1(x)))",
+                                             "return self.linear2(self.activation(self.linear1(x))) + 1e-3"),
+                                            (READOUT, "x = self.norm(x)[:, -1]")), "equiv.vit", "last token"),
     m("dropout_in_eval_mode", SOFTMAX, "attn = F.dropout(attn.softmax(dim=-1), 0.1, training=True)",
       "props.determinism", "eval mode"),
     m("softmax_over_batch", SOFTMAX, "attn = attn.softmax(dim=0)", "props.batch_independence", "depends on the other"),
@@ -170,4 +173,7 @@ def variants() -> dict[str, str | Path]:
         "raw_parameters_x_at_w": RAW_PARAMETERS + "\n" + handout_classes.split('"""', 2)[2].split("import torch.nn as nn")[1]
         + encoder_and_fnn + fnn,
         "top_level_training_code": "import torchvision\n" + HANDOUT_SOURCE + TRAINING_SCRIPT,
+        # A permutation of the patch embedding's input columns: the same model (policy in the README).
+        "channel_last_patches": HANDOUT_SOURCE.replace(
+            PERMUTE, "x = x.permute(0, 2, 4, 3, 5, 1).reshape(bs, -1, 3 * self.patch_size ** 2)"),
     }

@@ -12,6 +12,7 @@ from grader.grading import grade_submission
 
 from .conftest import code_rubric
 from .corpus import MUTANTS, variants
+from .corpus_styles import COURSE_REVISION, DIFFERENCES, POLICY_EXEMPT, STYLES
 
 VARIANTS = variants()
 
@@ -36,14 +37,18 @@ def graded(tmp_path_factory):
     torch.set_num_threads(1)  # the parent's reference computations share the cores too
     sources = {f"mutant:{mutant.name}": mutant.source() for mutant in MUTANTS}
     sources.update({f"variant:{name}": source for name, source in VARIANTS.items()})
+    sources.update({f"style:{name}": source for name, source in STYLES.items()})
+    sources.update({f"difference:{item.name}": item.source() for item in DIFFERENCES})
+    sources["revision:dim_embed"] = COURSE_REVISION
     return _grade_all(tmp_path_factory.mktemp("corpus"), sources)
 
 
 def test_corpus_size():
     assert len(MUTANTS) >= 25 and len(VARIANTS) >= 6
+    assert len(STYLES) >= 12 and len(DIFFERENCES) >= 12
 
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(2400)  # the fixture grades about 60 submissions
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.name)
@@ -65,3 +70,31 @@ def test_correct_variant_gets_full_marks(graded, name):
     assert failing == {}
     assert report.score == report.max_score > 0
     assert report.check("train.accuracy").status == "skipped"
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_correct_style_gets_every_code_check(graded, name):
+    """Code written in others' styles: the function, not the spelling, earns the points."""
+    report = graded[f"style:{name}"]
+    assert report.status == "graded", report.error
+    failing = {c.id: c.message for c in report.checks if c.status not in ("passed", "skipped")}
+    assert set(failing) <= POLICY_EXEMPT.get(name, set()), failing
+    assert report.check("train.accuracy").status == "skipped"
+
+
+@pytest.mark.parametrize("item", DIFFERENCES, ids=lambda item: item.name)
+def test_style_with_one_difference_fails_naming_it(graded, item):
+    report = graded[f"difference:{item.name}"]
+    assert report.status == "graded", report.error
+    check = report.check(item.check)
+    assert check.status == "failed", f"{item.check} {check.status}: {check.message}"
+    assert item.words.lower() in check.message.lower(), check.message
+    assert report.score < report.max_score
+
+
+def test_course_revision_costs_only_the_interface_check(graded):
+    report = graded["revision:dim_embed"]
+    failing = {c.id: c.message for c in report.checks if c.status not in ("passed", "skipped")}
+    assert set(failing) == {"load.interface"}, failing
+    assert "ViT.__init__ has no keyword dim_hidden; it has dim_embed" in failing["load.interface"]
+    assert "(heads, B, N, N)" in failing["load.interface"]

@@ -21,6 +21,7 @@ class Check:
 CHECKS: tuple[Check, ...] = (
     Check("load.code", "Code found and parsed", load.check_code, needs_worker=False),
     Check("load.definitions", "Required classes defined and executable", load.check_definitions),
+    Check("load.interface", "Constructor keywords and attn_weights layout as in the handout", load.check_interface),
     Check("static.forbidden", "No forbidden modules or APIs", static.check_forbidden, needs_worker=False),
     Check("shapes.fnn", "FNN output shape", shapes.check_fnn),
     Check("shapes.self_attention", "SelfAttention output and attention-weight shapes", shapes.check_self_attention),

@@ -70,6 +70,36 @@ class Comparison:
                 "rtol": self.tolerance.rtol, "atol": self.tolerance.atol}
 
 
+# The handout's constructor keywords and the other names textbooks and course revisions give them.
+KEYWORD_SYNONYMS = {
+    "dim_hidden": ("dim_embed", "embed_dim", "hidden_dim", "dim", "d_model", "hidden_size", "emb_dim"),
+    "dim_feedforward": ("mlp_dim", "dim_mlp", "hidden_features", "ffn_dim", "dim_ff", "mlp_hidden_dim"),
+    "num_heads": ("heads", "n_heads", "nhead"),
+    "num_layers": ("depth", "n_layers"),
+    "num_classes": ("n_classes",),
+    "img_size": ("image_size",),
+    "patch_size": ("patch",),
+}
+
+
+def keyword_renames(keywords: list[str]) -> dict[str, str]:
+    """{handout keyword: the class's keyword} for each handout keyword missing with exactly one synonym present."""
+    renames = {}
+    for name, synonyms in KEYWORD_SYNONYMS.items():
+        present = [s for s in synonyms if s in keywords]
+        if name not in keywords and len(present) == 1:
+            renames[name] = present[0]
+    return renames
+
+
+def probe_shape(class_name: str, args: list, kwargs: dict) -> list[int]:
+    """An input shape for one forward that materialises lazy parameters (nn.Lazy*)."""
+    if class_name == "ViT":
+        size = next((v for k, v in kwargs.items() if k in ("img_size", "image_size")), 32)
+        return [1, 3, int(size), int(size)]
+    return [1, 5, int(args[0])] if args else []
+
+
 class GradingContext:
     """Shared state for one submission's checks. Only the parent holds expected values."""
 
@@ -112,18 +142,65 @@ class GradingContext:
         return self._shared[key]
 
     def build(self, class_name: str, args: list | None = None, kwargs: dict | None = None, seed: int = 0) -> Built:
-        """Instantiate a student class in the sandbox; a student exception fails the check."""
+        """Instantiate a student class in the sandbox; a student exception fails the check.
+
+        A keyword the class does not take but names by an unambiguous synonym (`dim_embed` for
+        `dim_hidden`) is passed under the student's name: the interface deviation is load.interface's
+        to judge, and the math is still graded."""
         self.require_class(class_name)
         handle = f"{class_name}-{next(self._handles)}"
-        call = f"{class_name}({', '.join([*map(repr, args or []), *(f'{k}={v!r}' for k, v in (kwargs or {}).items())])})"
+        kwargs = self.renamed_kwargs(class_name, kwargs or {})
+        call = f"{class_name}({', '.join([*map(repr, args or []), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
         try:
             reply = self.request("build", {"handle": handle, "class": class_name, "args": args or [],
-                                           "kwargs": kwargs or {}, "seed": seed})
+                                           "kwargs": kwargs, "seed": seed,
+                                           "probe_shape": probe_shape(class_name, args or [], kwargs)})
         except SandboxError as error:
             if error.worker_died:
                 raise
             raise CheckFailed(f"{call} raised {describe_error(error)}") from None
         return Built(handle, parse_params(reply.header["params"]), reply.header["modules"])
+
+    def renamed_kwargs(self, class_name: str, kwargs: dict) -> dict:
+        """`kwargs` with each keyword the class lacks replaced by its synonym in the class's signature."""
+        if not kwargs:
+            return kwargs
+        renames = self.interface(class_name)["renames"]
+        return {renames.get(k, k): v for k, v in kwargs.items()}
+
+    def interface(self, class_name: str) -> dict:
+        """The class's constructor keywords and the handout keywords it spells differently (cached)."""
+        key = f"interface:{class_name}"
+        if key not in self.notes:
+            try:
+                reply = self.request("signature", {"class": class_name})
+                keywords, variadic = reply.header["keywords"], reply.header["variadic"]
+            except SandboxError as error:
+                if error.worker_died:
+                    raise
+                keywords, variadic = [], True  # unknown: pass the handout's keywords and let the build say
+            self.notes[key] = {"keywords": keywords, "variadic": variadic,
+                               "renames": {} if variadic else keyword_renames(keywords)}
+        return self.notes[key]
+
+    def attention_layout(self, weights: np.ndarray | None, batch: int, heads: int) -> np.ndarray | None:
+        """attn_weights in the handout's (B, heads, N, N) layout. A (heads, B, N, N) array, unambiguous when
+        B != heads, is transposed: load.interface alone charges for the layout."""
+        if weights is not None and weights.ndim == 4 and batch != heads and weights.shape[:2] == (heads, batch):
+            return weights.transpose(1, 0, 2, 3)
+        return weights
+
+    def trace(self, built: Built, x: np.ndarray, what: str) -> list[dict]:
+        """The calls of one forward that use the module's parameters, in order (see mapping.trace_layout)."""
+        key = f"trace:{built.handle}"
+        if key not in self.notes:
+            try:
+                self.notes[key] = self.request("trace", {"handle": built.handle}, {"x": x}).header["events"]
+            except SandboxError as error:
+                if error.worker_died:
+                    raise
+                raise CheckFailed(f"{what} raised {describe_error(error)}") from None
+        return self.notes[key]
 
     def forward(self, built: Built, x: np.ndarray, what: str, **options: Any) -> Reply:
         """Run forward in the sandbox; a student exception fails the check with `what` in the message."""

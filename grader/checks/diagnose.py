@@ -43,6 +43,9 @@ def readout_variants(last_layer: np.ndarray, ref: State) -> dict[str, np.ndarray
         "the head reads the last token; the class token is the first (index 0)": normed[:, -1],
         "the head reads the mean of all tokens instead of the class token": normed.mean(1),
         "the final LayerNorm (norm) is not applied before the head": last_layer[:, 0],
+        "the head reads the mean of all tokens (class token included), normalised after the mean, instead of the "
+        "class token": layer_norm(last_layer.mean(1), ref["norm.weight"], ref["norm.bias"]),
+        "the head reads the mean of the patch tokens instead of the class token": normed[:, 1:].mean(1),
     }
 
 

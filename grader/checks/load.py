@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from grader.checks.context import GradingContext, Outcome
+from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.intake import REQUIRED_CLASSES
+from grader.spec import DEFAULT, component_args, random_input
 
 
 def check_code(ctx: GradingContext) -> Outcome:
@@ -28,3 +29,36 @@ def check_definitions(ctx: GradingContext) -> Outcome:
         return Outcome.failed(f"missing class{'es' if len(missing) > 1 else ''}: {', '.join(missing)} "
                               "(the names must be exactly as in the handout)", missing=missing, defined=ctx.classes)
     return Outcome.passed(f"{', '.join(REQUIRED_CLASSES)} defined", defined=ctx.classes)
+
+
+def check_interface(ctx: GradingContext) -> Outcome:
+    """The constructors take the handout's keywords and attn_weights has the handout's layout.
+
+    Other checks grade the math through an unambiguous deviation (a synonym keyword, transposed
+    attention weights); this check alone is what the deviation costs."""
+    problems = []
+    for name, keywords in (("ViT", list(DEFAULT.kwargs())),):
+        if name not in ctx.classes:
+            continue
+        interface = ctx.interface(name)
+        for keyword in keywords:
+            if keyword in interface["keywords"] or interface["variadic"]:
+                continue
+            renamed = interface["renames"].get(keyword)
+            problems.append(f"{name}.__init__ has no keyword {keyword}" + (f"; it has {renamed}" if renamed else ""))
+    if "SelfAttention" in ctx.classes:
+        kind = "SelfAttention"
+        built = ctx.shared(kind, component_args(kind, DEFAULT))
+        x = random_input(kind, DEFAULT, batch=2)
+        try:
+            weights = ctx.forward(built, x, "SelfAttention forward", attrs=["attn_weights"]).arrays.get("attr:attn_weights")
+        except CheckFailed:
+            weights = None  # the shapes and equiv checks report a forward that raises
+        heads, n = DEFAULT.num_heads, x.shape[1]
+        if weights is not None and weights.shape == (heads, 2, n, n):
+            problems.append(f"SelfAttention stores attn_weights as (heads, B, N, N) {weights.shape}; the handout's "
+                            f"layout is (B, heads, N, N) {(2, heads, n, n)}")
+    if problems:
+        return Outcome.failed("; ".join(problems) + " (the other checks grade your code through this difference)",
+                              problems=problems)
+    return Outcome.passed("constructor keywords and the attn_weights layout are the handout's")

@@ -82,7 +82,10 @@ def parse_params(raw: list[dict]) -> list[Param]:
 
 
 def _stem(name: str, drop: set[str]) -> str:
-    return "_".join(w for w in re.split(r"[._]+", name.lower()) if w and w not in drop)
+    words = re.split(r"[._]+", name.lower())
+    if len(words) == 1:  # `w1` / `b1`: the role letter glued to a number
+        words = re.findall(r"[a-z]+|\d+", words[0])
+    return "_".join(w for w in words if w and w not in drop)
 
 
 def _raw_bias(weight: Param, params: list[Param]) -> Param | None:
@@ -184,8 +187,27 @@ def fnn_recipes(params: list[Param], config: ViTConfig) -> list[Recipe]:
                 _fill(a["linear1"], ref["linear1.weight"], ref["linear1.bias"], o, out)
                 _fill(a["linear2"], ref["linear2.weight"], ref["linear2.bias"], o, out)
                 return out
-            recipes.append(Recipe(f"{_describe(assignment)} ({orientation.replace('_', ', ')})", make))
+            recipes.append(Recipe(f"{_describe(assignment)} ({orientation.replace('_', ', ')})", make,
+                                  {"missing_bias": _missing_bias(assignment, ("linear1", "linear2"), "FNN")}))
     return _finish(recipes, params, "two linear layers (dim_hidden -> dim_feedforward -> dim_hidden)")
+
+
+def _missing_bias(assignment: dict[str, Unit], roles: tuple[str, ...], where: str) -> str:
+    missing = [f"{role} ({assignment[role].weight.prefix or assignment[role].weight.name})" for role in roles
+               if role in assignment and assignment[role].bias is None]
+    return f"{where}: {', '.join(missing)} has no bias; the handout's nn.Linear has one" if missing else ""
+
+
+def _extra_bias(units: list[Unit]) -> str:
+    found = [u.bias.name for u in units if u.bias is not None]
+    return (f"the q/k/v projection has a bias ({', '.join(found[:3])}); the handout's proj_in has none "
+            "(bias=False)") if found else ""
+
+
+def _attention_parts(qkv_units: list[Unit], out: dict[str, Unit], layout: str) -> dict[str, str]:
+    missing = _missing_bias(out, ("out",), "SelfAttention")
+    return {"layout": layout, "extra_bias": _extra_bias(qkv_units),
+            "missing_bias": missing.replace("out (", "the output projection (")}
 
 
 # -- SelfAttention ----------------------------------------------------------------------------
@@ -215,7 +237,8 @@ def attention_recipes(params: list[Param], config: ViTConfig) -> list[Recipe]:
                     _fill(a["out"], ref["proj_out.weight"], ref["proj_out.bias"], o, out)
                     return out
                 label = "fused projection, rows ordered (" + ", ".join(AXES[x] for x in layout) + ")"
-                recipes.append(Recipe(f"{label}: {_describe(assignment)}", make))
+                recipes.append(Recipe(f"{label}: {_describe(assignment)}", make,
+                                      _attention_parts([assignment["qkv"]], assignment, label)))
 
     # 2. Separate Q, K, V projections of the full width.
     for assignment in assign_roles(units, {"q": (d, d), "k": (d, d), "v": (d, d), "out": (d, d)})[:24]:
@@ -227,7 +250,9 @@ def attention_recipes(params: list[Param], config: ViTConfig) -> list[Recipe]:
                     _fill(a[role], matrix, None, o, out)
                 _fill(a["out"], ref["proj_out.weight"], ref["proj_out.bias"], o, out)
                 return out
-            recipes.append(Recipe(f"separate q/k/v projections: {_describe(assignment)}", make))
+            recipes.append(Recipe(f"separate q/k/v projections: {_describe(assignment)}", make,
+                                  _attention_parts([assignment[r] for r in "qkv"], assignment,
+                                                   "separate q/k/v projections")))
 
     # 3. One projection per head and role (a Python loop over heads).
     head_units = [u for u in units if any(place(np.zeros((dh, d)), u, o) is not None for o in ("out_in", "in_out"))]
@@ -244,7 +269,8 @@ def attention_recipes(params: list[Param], config: ViTConfig) -> list[Recipe]:
                 _fill(o_unit, ref["proj_out.weight"], ref["proj_out.bias"], "out_in", out)
                 return out
             recipes.append(Recipe(f"one projection per head and role ({ordering}), out={out_units[-1].weight.prefix}",
-                                  make))
+                                  make, _attention_parts(head_units, {"out": out_units[-1]},
+                                                         f"one projection per head and role ({ordering})")))
     return _finish(recipes, params, "Q/K/V projections and an output projection")
 
 
@@ -303,7 +329,8 @@ def layer_recipes(params: list[Param], modules: list[dict], config: ViTConfig,
                 out[f"{norm.prefix}.bias"] = ref[f"{ref_name}.bias"]
             return out
         recipes.append(Recipe(f"attention={attn_prefix}, fnn={fnn_prefix}, norm1={first.prefix}, norm2={second.prefix}",
-                              make))
+                              make, {"norm1": first.prefix, "norm2": second.prefix, "layout": layout_key(attention),
+                                     **_bias_parts(attention, fnn)}))
     return _finish(recipes, params, "attention, FNN and two LayerNorms")
 
 
@@ -363,3 +390,272 @@ def _finish(recipes: list[Recipe], params: list[Param], what: str) -> list[Recip
         shapes = ", ".join(f"{p.name} {list(p.shape)}" for p in params) or "no parameters"
         raise MappingError(f"no way found to hold the reference's {what} in these parameters: {shapes}")
     return recipes[:MAX_CANDIDATES]
+
+
+# -- mapping by execution ----------------------------------------------------------------------
+# Where names and classes do not say which parameter plays which role, the order in which one
+# forward pass uses them does: patch projection, class token, position embedding, then per layer
+# norm, attention projections, norm, two MLP layers; final norm, head. The worker records every
+# torch call that touches a parameter (op_trace); these functions read the roles off that record.
+HANDOUT_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Norm:
+    weight: Param | None
+    bias: Param | None
+    eps: float | None
+
+    @property
+    def params(self) -> list[Param]:
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+
+@dataclass
+class LayerGroup:
+    """One encoder layer's parameters, by role, as the forward pass used them."""
+
+    norms: list[Norm]
+    attention: list[Unit]
+    mlp: list[Unit]
+    prefix: str  # the module that holds them all ("" when none does)
+
+    @property
+    def attention_params(self) -> list[Param]:
+        return [p for u in self.attention for p in (u.weight, u.bias) if p is not None]
+
+    @property
+    def mlp_params(self) -> list[Param]:
+        return [p for u in self.mlp for p in (u.weight, u.bias) if p is not None]
+
+
+@dataclass
+class TraceLayout:
+    order: list[Param]  # parameters by first use
+    uses: dict[str, int]  # how many calls used each parameter
+    norms: list[Norm]
+    units: list[Unit]  # weight matrices (Linear, raw, Conv2d) by first use
+    others: list[Param]  # neither norm nor matrix: class token, position embedding, stray biases
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [n.split(".")[:-1] for n in names]
+    prefix: list[str] = []
+    for column in zip(*parts, strict=False):
+        if len(set(column)) != 1:
+            break
+        prefix.append(column[0])
+    return ".".join(prefix) if parts and all(len(p) >= len(prefix) for p in parts) else ""
+
+
+def trace_layout(events: list[dict], params: list[Param], embedding: Callable[[Param], bool] = lambda p: False
+                 ) -> TraceLayout:
+    """Sort a module's parameters into norms, weight matrices and the rest (`embedding` ones among them),
+    in order of first use."""
+    by_name = {p.name: p for p in params}
+    order: list[Param] = []
+    uses: dict[str, int] = {}
+    norms: list[Norm] = []
+    in_norm: set[str] = set()
+    for event in events:
+        names = [n for n in event["params"] if n in by_name]
+        for n in names:
+            uses[n] = uses.get(n, 0) + 1
+            if by_name[n] not in order:
+                order.append(by_name[n])
+        if event["op"] == "layer_norm" and not set(names) & in_norm:
+            if len(names) == 2:  # layer_norm(x, shape, weight, bias, eps): the parameters in argument order
+                weight, bias = by_name[names[0]], by_name[names[1]]
+            else:
+                weight = next((by_name[n] for n in names if by_name[n].leaf != "bias"), None)
+                bias = next((by_name[n] for n in names if by_name[n].leaf == "bias"), None)
+            norms.append(Norm(weight, bias, event.get("eps")))
+            in_norm |= set(names)
+    # Norms written by hand (a class of its own with 1-D gain and shift) are recognised by class name.
+    for p in order:
+        if p.name in in_norm or "norm" not in p.owner.lower() or len(p.shape) != 1:
+            continue
+        pair = [q for q in params if q.prefix == p.prefix and len(q.shape) == 1 and q.name not in in_norm]
+        shifts = [q for q in pair if re.fullmatch(r"(bias|beta|shift|b|b_?\d*)", q.leaf.lower())]
+        bias = shifts[0] if len(shifts) == 1 else (pair[1] if len(pair) == 2 else None)
+        weight = next((q for q in pair if q is not bias), None)
+        norms.append(Norm(weight, bias, None))
+        in_norm |= {q.name for q in (weight, bias) if q is not None}
+    norms.sort(key=lambda nm: order.index(nm.params[0]) if nm.params else 0)
+    rest = [p for p in order if p.name not in in_norm]
+    units = [u for u in weight_units([p for p in rest if not embedding(p)]) if u.weight.owner != "Conv2d"]
+    units += [Unit(p, by_name.get(f"{p.prefix}.bias"), rest.index(p)) for p in rest if p.owner == "Conv2d"
+              and p.leaf == "weight"]
+    units.sort(key=lambda u: order.index(u.weight))
+    taken = {p.name for u in units for p in (u.weight, u.bias) if p is not None}
+    others = [p for p in rest if p.name not in taken]
+    return TraceLayout(order, uses, norms, units, others)
+
+
+def _norm_words(count: int, expected: int) -> str:
+    return f"{count} LayerNorm{'s' if count != 1 else ''} (the handout has {expected})"
+
+
+def layer_group(norms: list[Norm], units: list[Unit], config: ViTConfig, where: str) -> LayerGroup:
+    """One encoder layer's roles: the last two matrices are the MLP, the ones before them the attention."""
+    if len(norms) != 2:
+        extra = "extra LayerNorms" if len(norms) > 2 else "missing LayerNorms"
+        raise MappingError(f"{where} uses {_norm_words(len(norms), 2)}: {extra}; the handout normalises the "
+                           "attention's input (norm1) and the FNN's input (norm2) only")
+    if len(units) < 3:
+        raise MappingError(f"{where} uses {len(units)} weight matrices; expected the attention's projections and "
+                           "the FNN's two linear layers")
+    names = [p.name for u in units for p in (u.weight, u.bias) if p is not None]
+    names += [p.name for n in norms for p in n.params]
+    return LayerGroup(norms, units[:-2], units[-2:], _common_prefix(names))
+
+
+def layout_key(recipe: Recipe) -> str:
+    return recipe.parts.get("layout", recipe.description.split(":")[0])
+
+
+def group_recipes(group: LayerGroup, config: ViTConfig, prefer: str = "") -> list[Recipe]:
+    """Recipes for one traced layer from the reference layer's state (attention.*, fnn.*, norm1/2.*)."""
+    attention = attention_recipes(group.attention_params, config)
+    fnn = fnn_recipes(group.mlp_params, config)
+    attention.sort(key=lambda r: layout_key(r) != prefer)
+    recipes = []
+    for a, f in itertools.islice(itertools.product(attention, fnn), 24):
+        def make(ref: State, a=a, f=f) -> State:
+            out = a.make(_sub_state(ref, "attention")) | f.make(_sub_state(ref, "fnn"))
+            for norm, ref_name in zip(group.norms, ("norm1", "norm2"), strict=True):
+                if norm.weight is not None:
+                    out[norm.weight.name] = ref[f"{ref_name}.weight"].reshape(norm.weight.shape)
+                if norm.bias is not None:
+                    out[norm.bias.name] = ref[f"{ref_name}.bias"].reshape(norm.bias.shape)
+            return out
+        parts = {"layout": layout_key(a), "attention": _common_prefix([p.name for p in group.attention_params]),
+                 "fnn": _common_prefix([p.name for p in group.mlp_params]), **_bias_parts(a, f),
+                 **{key: _norm_module(norm) for key, norm in zip(("norm1", "norm2"), group.norms, strict=True)}}
+        recipes.append(Recipe(f"by execution order: attention ({a.description}), fnn ({f.description}), "
+                              f"norm1={group.norms[0].params[0].name}, norm2={group.norms[1].params[0].name}",
+                              make, parts))
+    return recipes
+
+
+def _norm_module(norm: Norm) -> str:
+    """The module a norm's forward hook can observe: a LayerNorm module, not raw parameters used in F.layer_norm."""
+    weight = norm.weight
+    return weight.prefix if weight is not None and weight.owner == "LayerNorm" and weight.leaf == "weight" else ""
+
+
+def _bias_parts(*recipes: Recipe) -> dict[str, str]:
+    return {key: "; ".join(r.parts[key] for r in recipes if r.parts.get(key))
+            for key in ("extra_bias", "missing_bias")}
+
+
+def traced_layer_recipes(events: list[dict], params: list[Param], config: ViTConfig, prefer: str = "") -> list[Recipe]:
+    layout = trace_layout(events, params)
+    return group_recipes(layer_group(layout.norms, layout.units, config, "TransformerEncoderLayer"), config, prefer)
+
+
+def norm_eps(events: list[dict]) -> list[float]:
+    """The eps of every layer_norm call the forward made."""
+    return [e["eps"] for e in events if e["op"] == "layer_norm" and e.get("eps") is not None]
+
+
+@dataclass
+class TracedViT:
+    recipes: list[Recipe]
+    layers: list[LayerGroup]
+    patch: Unit
+    head: Unit
+
+
+def traced_vit(events: list[dict], params: list[Param], config: ViTConfig, prefer: str = "") -> TracedViT:
+    """Map the reference ViT onto a student's ViT by the order in which its forward used the parameters."""
+    d, p, n, layers = config.dim_hidden, config.patch_size, config.num_patches + 1, config.num_layers
+    sizes = {n * d, (n - 1) * d, d}
+    layout = trace_layout(events, params, lambda q: q.owner not in LINEAR_OWNERS | {"Conv2d"}
+                          and math.prod(q.shape) in sizes)
+    units = layout.units
+    if len(units) < 2:
+        raise MappingError(f"the forward used {len(units)} weight matrices; expected a patch embedding, the "
+                           "layers' projections and a head")
+    patch, head = units[0], units[-1]
+    if math.prod(patch.weight.shape) != d * config.dim_patch:
+        raise MappingError(f"the first weight the forward uses, {patch.weight.name} {list(patch.weight.shape)}, is "
+                           f"not a patch embedding ({config.dim_patch} -> {d})")
+    if math.prod(head.weight.shape) != d * config.num_classes:
+        raise MappingError(f"the last weight the forward uses, {head.weight.name} {list(head.weight.shape)}, is "
+                           f"not a classification head ({d} -> {config.num_classes})")
+    inner = units[1:-1]
+    # A correct ViT uses each layer weight once per forward; one layer applied num_layers times uses it repeatedly.
+    if layers > 1 and inner and all(layout.uses.get(u.weight.name, 0) >= 2 for u in inner):
+        per_use = layout.uses[inner[0].weight.name]
+        raise MappingError(f"the encoder layers share their weights: the same parameters ({inner[0].weight.name}, ...) "
+                           f"are used {per_use} times in one forward; the handout builds num_layers = {layers} "
+                           "separate layers, each with its own weights")
+    cls = [q for q in layout.others if math.prod(q.shape) == d and q.leaf != "bias"]
+    pos = [q for q in layout.others if math.prod(q.shape) == n * d]
+    if not pos:
+        near = [q for q in layout.others if math.prod(q.shape) == (n - 1) * d]
+        raise MappingError(
+            f"no learned position embedding ({n} x {d} values) is used"
+            + (f"; {near[0].name} has {n - 1} x {d} (no position for the class token)" if near else
+               ": the position embedding is fixed (e.g. sin-cos) or missing; the handout learns it as an nn.Parameter"))
+    if not cls:
+        raise MappingError(f"no class token ({d} values) is used: the handout prepends a learned class token and the "
+                           "head reads it")
+    cls_param = _prefer(cls, {"cls", "class", "token"})
+    pos_param = pos[0]
+    if len(layout.norms) != 2 * layers + 1:
+        raise MappingError(f"the forward uses {_norm_words(len(layout.norms), 2 * layers + 1)}: "
+                           f"{'extra' if len(layout.norms) > 2 * layers + 1 else 'missing'} LayerNorms; the handout "
+                           f"has norm1 and norm2 in each of the {layers} layers and a final norm")
+    if len(inner) % layers:
+        raise MappingError(f"the layers use {len(inner)} weight matrices in all, not a multiple of num_layers = {layers}")
+    per = len(inner) // layers
+    groups = [layer_group(layout.norms[2 * i : 2 * i + 2], inner[i * per : (i + 1) * per], config, f"encoder layer {i}")
+              for i in range(layers)]
+    final = layout.norms[-1]
+    per_layer = [group_recipes(g, config, prefer)[0] for g in groups]
+    columns = {"c, y, x": None, "y, x, c": np.arange(3 * p * p).reshape(3, p, p).transpose(1, 2, 0).reshape(-1)}
+    recipes = []
+    for label, permutation in columns.items():
+        if patch.weight.owner == "Conv2d" and permutation is not None:
+            continue
+
+        def make(ref: State, permutation=permutation) -> State:
+            out: State = {}
+            for i, r in enumerate(per_layer):
+                out |= r.make(_sub_state(ref, f"layers.{i}"))
+            w = ref["patch_embed.weight"] if permutation is None else ref["patch_embed.weight"][:, permutation]
+            _fill_any(patch, w, ref["patch_embed.bias"], out)
+            _fill_any(head, ref["linear.weight"], ref["linear.bias"], out)
+            for param, key in ((final.weight, "norm.weight"), (final.bias, "norm.bias"),
+                               (cls_param, "class_token"), (pos_param, "pos_embed")):
+                if param is not None:
+                    out[param.name] = ref[key].reshape(param.shape)
+            return out
+        parts = {"patch": _module_of(patch), "head": _module_of(head), "norm": final.params[0].prefix if final.params else "",
+                 "columns": label, "layout": layout_key(per_layer[0]), **_bias_parts(*per_layer)}
+        recipes.append(Recipe(f"by execution order: patch={patch.weight.name} (patch features {label}), class token="
+                              f"{cls_param.name}, position={pos_param.name}, layers={','.join(g.prefix or '?' for g in groups)}, "
+                              f"head={head.weight.name}", make, parts))
+    return TracedViT(recipes, groups, patch, head)
+
+
+def _module_of(unit: Unit) -> str:
+    return unit.weight.prefix if unit.weight.leaf in ("weight",) else ""
+
+
+def _prefer(found: list[Param], hint: set[str]) -> Param:
+    hinted = [q for q in found if set(re.split(r"[._]", q.name.lower())) & hint]
+    return (hinted or found)[0]
+
+
+def _fill_any(unit: Unit, matrix: np.ndarray, bias: np.ndarray, out: State) -> None:
+    """A patch embedding or head: Linear (out, in), Conv2d (out, c, y, x) or a raw (in, out) parameter."""
+    shape = unit.weight.shape
+    if unit.is_linear or unit.weight.owner == "Conv2d" or shape[0] == matrix.shape[0] and len(shape) > 2:
+        out[unit.weight.name] = matrix.reshape(shape)
+    elif not _fill(unit, matrix, bias, "in_out" if shape[0] == matrix.shape[1] else "out_in", out):
+        raise MappingError(f"{unit.weight.name} {list(shape)} cannot hold a {matrix.shape[1]} -> {matrix.shape[0]} matrix")
+    if unit.bias is not None:
+        out[unit.bias.name] = bias.reshape(unit.bias.shape)

@@ -22,7 +22,7 @@ def check_attention_softmax(ctx: GradingContext) -> Outcome:
     built = _randomized(ctx, "SelfAttention", config)
     x = random_input("SelfAttention", config, batch=2) * 3.0  # larger scores make a missing softmax obvious
     reply = ctx.forward(built, x, "SelfAttention forward", attrs=["attn_weights"])
-    weights = reply.arrays.get("attr:attn_weights")
+    weights = ctx.attention_layout(reply.arrays.get("attr:attn_weights"), x.shape[0], DEFAULT.num_heads)
     if weights is None:
         raise CheckFailed("SelfAttention does not store `self.attn_weights` after forward (the handout's heatmap "
                           "reads it)")

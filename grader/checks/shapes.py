@@ -28,7 +28,7 @@ def _component(ctx: GradingContext, kind: str, attention: bool = False) -> Outco
             if attention and "attr:attn_weights" in reply.arrays:
                 n = x.shape[1]
                 expected = (batch, config.num_heads, n, n)
-                weights = reply.arrays["attr:attn_weights"].shape
+                weights = ctx.attention_layout(reply.arrays["attr:attn_weights"], batch, config.num_heads).shape
                 if weights != expected:
                     raise CheckFailed(f"{call}: attn_weights {weights} != expected {expected} (B, heads, N, N)")
             rows.append({"call": call, "output": list(got)})

@@ -124,11 +124,72 @@ class Worker:
         if not isinstance(obj, self.torch.nn.Module):
             raise TypeError(f"{header['class']}(...) is not a torch.nn.Module")
         obj = obj.to(device=self.device, dtype=self.dtype)
+        if header.get("probe_shape") and len(header["probe_shape"]) >= 3:
+            self._materialise(obj, header["probe_shape"])
         self.objects[header["handle"]] = obj
         params = [{"name": n, "shape": list(p.shape), "owner": type(self._owner(obj, n)).__name__}
                   for n, p in obj.named_parameters()]
         modules = [{"name": n, "type": type(m).__name__} for n, m in obj.named_modules() if n]
         return {"params": params, "modules": modules}, None
+
+    def op_signature(self, header, arrays):
+        """The keyword names of a class's constructor (the parent matches them to the handout's)."""
+        import inspect
+
+        cls = getattr(self.module, header["class"], None)
+        if cls is None:
+            raise NameError(f"class {header['class']} is not defined")
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        keywords = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        variadic = any(p.kind == p.VAR_KEYWORD for p in parameters)
+        return {"keywords": keywords, "variadic": variadic}, None
+
+    def _materialise(self, obj, shape):
+        """Lazy layers (nn.Lazy*) create their parameters on the first forward: run one on zeros."""
+        lazy = self.torch.nn.parameter.UninitializedParameter
+        if any(isinstance(p, lazy) for p in obj.parameters()):
+            with self.torch.no_grad():
+                obj.eval()(self.torch.zeros(shape, dtype=self.dtype, device=self.device))
+            obj.to(device=self.device, dtype=self.dtype)
+
+    def op_trace(self, header, arrays):
+        """Run forward once and list, in call order, every torch call that touches a parameter.
+
+        The parent maps weights by this record (what runs), not by which class declares them.
+        """
+        from torch.overrides import TorchFunctionMode
+
+        obj = self.objects[header["handle"]]
+        obj.eval()
+        names = {id(p): n for n, p in obj.named_parameters()}
+        events: list[dict] = []
+        limit = int(header.get("max_events", 4000))
+
+        def used(values):
+            for value in values:
+                if isinstance(value, (list, tuple)):
+                    yield from used(value)
+                elif id(value) in names and isinstance(value, self.torch.Tensor):
+                    yield names[id(value)]
+
+        class Record(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                found = list(used([*args, *kwargs.values()]))
+                if found and len(events) < limit:
+                    op = getattr(func, "__name__", "") or type(func).__name__
+                    event = {"op": op, "params": found}
+                    if op == "layer_norm":
+                        eps = kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
+                        event["eps"] = float(eps)
+                    events.append(event)
+                return func(*args, **kwargs)
+
+        with self.torch.no_grad(), Record():
+            out = obj(self.tensor(arrays["x"]))
+        if not isinstance(out, self.torch.Tensor):
+            raise TypeError(f"forward returned {type(out).__name__}, expected a tensor")
+        return {"events": events}, None
 
     @staticmethod
     def _owner(obj, param_name):
