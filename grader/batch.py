@@ -17,7 +17,7 @@ from grader.grading import fingerprint, grade_submission, rescore, worker_limits
 from grader.intake.naming import safe_id, student_id_from_name
 from grader.lms.deadlines import apply_late_policy, read_late_inputs
 from grader.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
-from grader.output import student_dir, write_student, write_student_safely
+from grader.output import RUBRIC_COPY, student_dir, write_student, write_student_safely
 from grader.render.safe import clean_text
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric, RubricError, load_rubric
@@ -26,7 +26,6 @@ from grader.sandbox.preflight import GraderBroken, require_preflight
 SUBMISSION_SUFFIXES = {".ipynb", ".py", ".zip"}
 LOCK_NAME = ".vitgrade.lock"
 MAX_GRADER_FAULTS = 3  # consecutive reports the grader failed on: stop instead of going through the class
-RUBRIC_COPY = "rubric.toml"  # the rubric an output folder was graded with, kept beside the reports
 
 
 @dataclass

@@ -281,7 +281,7 @@ def cmd_gradescope(args: argparse.Namespace) -> int:
 
 def _graded_rubric(args: argparse.Namespace):
     """--rubric, else the rubric the graded folder was graded with (kept beside its reports), else the bundled one."""
-    from grader.batch import RUBRIC_COPY
+    from grader.output import RUBRIC_COPY
 
     stored = args.graded / RUBRIC_COPY
     if args.rubric is None and stored.is_file():

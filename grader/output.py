@@ -13,6 +13,7 @@ from grader.report import Report, write_atomic
 
 GRADESCOPE_FILE = "results.json"
 CODE_NAME = "code.txt"  # beside report.json: the code that ran, read by the class summary
+RUBRIC_COPY = "rubric.toml"  # the rubric an output folder was graded with, kept beside the reports
 
 
 def student_dir(out: Path, student: str) -> Path:
@@ -34,7 +35,7 @@ def write_student(out: Path, report: Report, gradescope: bool = False) -> None:
     write_atomic(folder / "report.md", render_markdown(report))
     write_atomic(folder / "report.html", render_html(report))
     if gradescope or (folder / GRADESCOPE_FILE).exists():
-        write_atomic(folder / GRADESCOPE_FILE, render_gradescope(report))
+        write_atomic(folder / GRADESCOPE_FILE, render_gradescope(report, visibility=_visibility(out)))
     if report.code:
         write_atomic(folder / CODE_NAME, report.code)
     else:
@@ -55,3 +56,11 @@ def write_student_safely(out: Path, report: Report, gradescope: bool = False) ->
         return None
     except Exception as exc:  # the failure report itself: noted, the batch goes on
         return f"{report.student}: no report could be written ({type(exc).__name__}: {exc}); regrade this student"
+
+
+def _visibility(out: Path) -> dict[str, str]:
+    """The [visibility] of the rubric the folder was graded with: Gradescope shows each test accordingly."""
+    from grader.rubric import load_rubric
+
+    copy = out / RUBRIC_COPY
+    return load_rubric(copy).visibility if copy.is_file() else {}

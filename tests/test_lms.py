@@ -43,7 +43,7 @@ def _report(student: str, submission: str, **kw) -> Report:
                   checks=_checks(**kw), warnings=[f"cell 4 skipped: {INSTRUCTOR_PATH}/subs/{submission}/x.py"],
                   sandbox={"isolation": "bwrap", "network": False, "root": f"{INSTRUCTOR_PATH}/venv"},
                   environment={"python": f"{INSTRUCTOR_PATH}/venv/bin/python", "host": "prof-laptop"},
-                  timings={"total": 12.5}, fingerprint={"rubric": load_rubric().digest})
+                  timings={"total": 12.5}, fingerprint={"rubric": load_rubric().verdict_digest})
 
 
 @pytest.fixture()

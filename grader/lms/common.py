@@ -90,7 +90,7 @@ def check_rubric(reports: dict[str, Report], rubric: Rubric, explicit: bool) -> 
     """Student-facing outputs take the checks' visibility from the rubric: refuse the default rubric for
     reports graded with another one (hidden checks would show), and note a given rubric that differs."""
     other = sorted(sid for sid, r in reports.items()
-                   if r.fingerprint.get("rubric") and r.fingerprint["rubric"] != rubric.digest)
+                   if r.fingerprint.get("rubric") and r.fingerprint["rubric"] != rubric.verdict_digest)
     if not other:
         return []
     if not explicit:
