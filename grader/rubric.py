@@ -40,6 +40,8 @@ class Rubric:
     accuracy: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    # Code that can reach an API without naming it (exec, computed getattr, introspection): see checks/static.py.
+    forbidden_dynamic_code: bool = True
 
     def enabled(self, check_id: str) -> bool:
         return check_id in self.points
@@ -156,7 +158,10 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         _require(precision in tolerances, f"{path}: tolerances.{precision}", "missing")
     forbidden = data.get("forbidden", {})
     for key in forbidden:
-        _require(key in ("modules", "apis"), f"{path}: forbidden.{key}", "unknown key (allowed: modules, apis)")
+        _require(key in ("modules", "apis", "dynamic_code"), f"{path}: forbidden.{key}",
+                 "unknown key (allowed: modules, apis, dynamic_code)")
+    dynamic_code = forbidden.get("dynamic_code", True)
+    _require(isinstance(dynamic_code, bool), f"{path}: forbidden.dynamic_code", "expected true or false")
     accuracy = {mode: _accuracy_mode(spec, f"{path}: accuracy.{mode}") for mode, spec in data.get("accuracy", {}).items()}
     tasks = _tasks(data.get("tasks", {}), f"{path}: tasks")
     limits = {}
@@ -173,4 +178,5 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         accuracy=accuracy,
         tasks=tasks,
         digest=hashlib.sha256(raw_bytes).hexdigest(),
+        forbidden_dynamic_code=dynamic_code,
     )

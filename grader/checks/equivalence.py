@@ -23,7 +23,6 @@ from grader.checks.mapping import (
     layer_recipes,
     vit_recipe,
 )
-from grader.expected import inputs
 from grader.spec import DEFAULT, component_args
 
 CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
@@ -78,7 +77,7 @@ def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
     if key in ctx.notes:
         return ctx.notes[key]
     built = ctx.shared(kind, component_args(kind, DEFAULT))
-    state, x = ctx.expected.weights(kind), inputs(kind)
+    state, x = ctx.expected.weights(kind), ctx.expected.inputs(kind)
     expected, extras = ctx.expected.output(kind)
     try:
         recipes = recipes_for(built.params, DEFAULT)
@@ -204,7 +203,7 @@ def layer_search(ctx: GradingContext) -> dict:
         return ctx.notes["layer"]
     attention, fnn, differing = _component_status(ctx)
     built = ctx.shared("TransformerEncoderLayer", component_args("TransformerEncoderLayer", DEFAULT))
-    state, x = ctx.expected.weights("TransformerEncoderLayer"), inputs("TransformerEncoderLayer")
+    state, x = ctx.expected.weights("TransformerEncoderLayer"), ctx.expected.inputs("TransformerEncoderLayer")
     expected, _ = ctx.expected.output("TransformerEncoderLayer")
     try:
         recipes = layer_recipes(built.params, built.modules, DEFAULT, attention, fnn, CLASSES)
@@ -255,19 +254,26 @@ def check_encoder_layer(ctx: GradingContext) -> Outcome:
 
 
 # -- ViT ------------------------------------------------------------------------------------
-def check_vit(ctx: GradingContext) -> Outcome:
+def vit_mapping(ctx: GradingContext) -> tuple[Built, Recipe, bool]:
+    """The student's default ViT, the mapping of the reference's weights into it, and whether the encoder
+    layer matched the reference (raises CheckFailed when the weights cannot be mapped)."""
     layer = layer_search(ctx)
     usable = [r for r in layer["results"] if r["output"].close or r["wiring"] is None] or layer["results"]
     if not usable:
         raise CheckFailed("ViT: the encoder layer's weights could not be mapped (see equiv.encoder_layer)")
     layer_recipe, layer_matches = usable[0]["recipe"], usable[0]["output"].close
     built = ctx.shared("ViT", kwargs=DEFAULT.kwargs())
-    state, x = ctx.expected.weights("ViT"), inputs("ViT")
-    stages = ctx.expected.vit_stages()
     try:
         recipe = vit_recipe(built.params, built.modules, DEFAULT, layer_recipe, CLASSES)
     except MappingError as exc:
         raise CheckFailed(f"ViT: {exc}") from None
+    return built, recipe, layer_matches
+
+
+def check_vit(ctx: GradingContext) -> Outcome:
+    built, recipe, layer_matches = vit_mapping(ctx)
+    state, x = ctx.expected.weights("ViT"), ctx.expected.inputs("ViT")
+    stages = ctx.expected.vit_stages()
     layers = find_modules(built.modules, "TransformerEncoderLayer")
     patch_name, head_name = recipe.parts["patch"], recipe.parts["head"]
     _, reply = _try(ctx, built, recipe, state, x, "ViT forward", capture=[patch_name, head_name, *layers], trace=True)

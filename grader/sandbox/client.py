@@ -109,7 +109,6 @@ class Sandbox:
         self.isolation: Isolation = choose_level(isolation)
         self.dtype, self.device = dtype, device
         self.stats = SandboxStats()
-        self.forbidden_calls: dict[str, int] = {}
         self.load_reply: dict = {}
         self._proc: subprocess.Popen | None = None
         self._stdout: _CappedReader | None = None
@@ -246,11 +245,6 @@ class Sandbox:
             self._fail_dead(what)
         except wire.ProtocolError as exc:
             self._fail("protocol", f"{what}: the worker sent an invalid message ({exc}); killed")
-        forbidden = header.get("forbidden_calls", {})
-        if isinstance(forbidden, dict):
-            for label, count in forbidden.items():
-                if isinstance(count, int):
-                    self.forbidden_calls[str(label)] = max(count, self.forbidden_calls.get(str(label), 0))
         return Reply(header, arrays)
 
     def _fail(self, kind: str, message: str):
