@@ -60,6 +60,7 @@ class GradientChallenge:
     logits: np.ndarray  # the reference's output on `images`
     samples: dict[str, np.ndarray]  # reference parameter -> flat indices checked
     gradients: dict[str, np.ndarray]  # reference parameter -> its gradient at those indices
+    full: dict[str, np.ndarray] | None = None  # every gradient, where the reference is at hand (not recorded)
 
 
 @dataclass

@@ -110,12 +110,13 @@ class ReferenceExpected(Expected):
         with torch.enable_grad():
             logits = model(as_tensor(images))
             grads = torch.autograd.grad(logits, params, grad_outputs=as_tensor(upstream))  # leaves .grad untouched
-        samples, values = {}, {}
+        samples, values, full = {}, {}, {}
         for name, grad in zip(names, grads, strict=True):
-            flat = grad.detach().reshape(-1).numpy()
+            full[name] = grad.detach().numpy()
+            flat = full[name].reshape(-1)
             samples[name] = np.sort(rng.choice(flat.size, size=min(GRADIENT_SAMPLES, flat.size), replace=False))
             values[name] = flat[samples[name]]
-        return GradientChallenge(images, upstream, logits.detach().numpy(), samples, values)
+        return GradientChallenge(images, upstream, logits.detach().numpy(), samples, values, full)
 
     def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
         if layer_in is None:

@@ -19,7 +19,7 @@ import numpy as np
 from grader.checks.context import Built, CheckFailed, GradingContext, Outcome, describe_error
 from grader.checks.equivalence import vit_mapping
 from grader.checks.mapping import Recipe
-from grader.expected import GradientChallenge
+from grader.expected import GRADIENT_SAMPLES, GradientChallenge
 from grader.sandbox import Reply, SandboxError
 from grader.spec import ALTERNATIVE, random_input
 
@@ -73,6 +73,50 @@ def _coordinate_ids(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray]
     return ids, offsets
 
 
+@dataclass
+class Target:
+    """Coordinates of one student tensor whose gradient is compared, and the reference's gradient there."""
+
+    positions: list[int]  # flat indices into the student's tensor
+    expected: np.ndarray
+    reference: str  # the reference tensor(s) the coordinates come from
+
+
+def _targets(challenge: GradientChallenge, placed: dict[str, np.ndarray], offsets: dict[str, int],
+             rng: np.random.Generator) -> dict[str, Target]:
+    """Sampled coordinates of every student tensor that holds reference weights, with the reference's gradient.
+
+    `placed` holds reference coordinate numbers where the mapping put them. With the reference's whole
+    gradient at hand, each student tensor gets its own sample; with recorded samples only (the student
+    bundle), the student tensors that hold one of them."""
+    order = sorted(offsets, key=offsets.__getitem__)
+    starts = np.array([offsets[name] for name in order])
+    targets: dict[str, Target] = {}
+    if challenge.full is not None:
+        for name, where in placed.items():
+            flat = np.asarray(where).reshape(-1)
+            held = np.flatnonzero(flat)
+            if held.size:
+                pick = np.sort(rng.choice(held, size=min(GRADIENT_SAMPLES, held.size), replace=False))
+                coords = flat[pick].astype(np.int64) - 1
+                which = np.searchsorted(starts, coords, side="right") - 1
+                expected = np.array([challenge.full[order[w]].reshape(-1)[c - starts[w]]
+                                     for w, c in zip(which, coords, strict=True)])
+                targets[name] = Target(pick.tolist(), expected, ", ".join(sorted({order[w] for w in which})))
+        return targets
+    wanted = {offsets[ref] + int(i) + 1: (ref, k) for ref, idx in challenge.samples.items() for k, i in enumerate(idx)}
+    wanted_ids = np.sort(np.fromiter(wanted, dtype=np.float64))
+    for name, where in placed.items():
+        flat = np.asarray(where, dtype=np.float64).reshape(-1)
+        nearest = wanted_ids[np.minimum(np.searchsorted(wanted_ids, flat), wanted_ids.size - 1)]
+        positions = np.flatnonzero(nearest == flat)
+        if positions.size:
+            refs = [wanted[int(flat[p])] for p in positions]
+            targets[name] = Target(positions.tolist(), np.array([challenge.gradients[r][k] for r, k in refs]),
+                                   ", ".join(sorted({r for r, _ in refs})))
+    return targets
+
+
 def _against_reference(ctx: GradingContext, built: Built, recipe: Recipe,
                        challenge: GradientChallenge) -> Outcome | str:
     """The verdict, or why the reference's gradients do not apply (then finite differences decide)."""
@@ -84,62 +128,39 @@ def _against_reference(ctx: GradingContext, built: Built, recipe: Recipe,
     # The mapping moves values without arithmetic, so moving coordinate numbers says where each went.
     ids, offsets = _coordinate_ids(state)
     placed = recipe.make(ids)
-    wanted = {int(offsets[ref] + i + 1): (ref, k) for ref, idx in challenge.samples.items() for k, i in enumerate(idx)}
-    wanted_ids = np.sort(np.fromiter(wanted, dtype=np.float64))
-    found: dict[int, list[tuple[str, int]]] = {}
-    for name, where in placed.items():
-        flat = np.asarray(where, dtype=np.float64).reshape(-1)
-        nearest = wanted_ids[np.minimum(np.searchsorted(wanted_ids, flat), wanted_ids.size - 1)]
-        for position in np.flatnonzero(nearest == flat):
-            found.setdefault(int(flat[position]), []).append((name, int(position)))
-    if any(len(spots) > 1 for spots in found.values()):
-        return "the weight mapping uses a reference weight twice"
-    # Parameters the mapping leaves out get values the parent knows (finite differences need them).
     rng = np.random.default_rng(ctx.expected.seeds["ViT"] + 300)
+    targets = _targets(challenge, placed, offsets, rng)
+    # Parameters the mapping leaves out, or fills with zeros (a bias the reference lacks), and tensors
+    # no recorded sample falls in are checked by finite differences, at values the parent knows.
     extra = sorted(set(shapes) - set(values))
     values |= {name: 0.1 * rng.standard_normal(shapes[name]) for name in extra}
+    unmapped = sorted(set(shapes) - set(targets))
     ctx.set_params(built, values)
-    zero_filled = sorted(name for name, where in placed.items() if not np.any(where))
-    where: dict[str, list[int] | str] = {}
-    for spots in found.values():
-        name, position = spots[0]
-        where.setdefault(name, []).append(position)
-    where = {name: sorted(positions) for name, positions in where.items()} | dict.fromkeys(extra + zero_filled, "all")
+    where = {name: target.positions for name, target in targets.items()} | dict.fromkeys(unmapped, "all")
     reply = _gradients(ctx, built, challenge.images, challenge.upstream, where)
-    output = ctx.compare(reply.arrays["y"], challenge.logits)
-    if not output.close:
+    if not ctx.compare(reply.arrays["y"], challenge.logits).close:
         return "the ViT computes another function than the reference (see equiv.vit)"
 
-    problems = [Problem(name, "missing") for name in reply.header.get("no_gradient", [])]
-    missing = {p.name for p in problems}
-    by_student: dict[str, list[tuple[int, str, int]]] = {}
-    for global_id, spots in found.items():
-        name, position = spots[0]
-        ref, k = wanted[global_id]
-        by_student.setdefault(name, []).append((position, ref, k))
-    compared = 0
-    for name in sorted(by_student):
+    missing = set(reply.header.get("no_gradient", []))
+    problems = [Problem(name, "missing") for name in sorted(missing)]
+    for name, target in sorted(targets.items()):
+        got = reply.arrays.get(f"grad:{name}")
         if name in missing:
             continue
-        got_all = reply.arrays.get(f"grad:{name}")
-        rows = sorted(by_student[name])
-        positions = where[name]
-        if got_all is None or not isinstance(positions, list) or got_all.shape != (len(positions),):
+        if got is None or got.shape != (len(target.positions),):
             problems.append(Problem(name, "missing"))
             continue
-        got = got_all[[positions.index(p) for p, _, _ in rows]]
-        expected = np.array([challenge.gradients[ref][k] for _, ref, k in rows])
-        compared += len(rows)
-        problems += _compare(ctx, name, got, expected, ", ".join(sorted({ref for _, ref, _ in rows})))
-    unmapped = [name for name in extra + zero_filled if name not in missing]
+        problems += _compare(ctx, name, got, target.expected, target.reference)
+    unmapped = [name for name in unmapped if name not in missing]
     if unmapped:
         grads = {name: reply.arrays.get(f"grad:{name}") for name in unmapped}
         problems += _finite_differences(ctx, built, values, challenge.images, challenge.upstream, grads, rng)
     method = ("compared with the reference's gradients for a random upstream gradient, with the reference's weights "
-              "mapped into your ViT" + (f"; {', '.join(unmapped)} (not in the reference) by finite differences"
-                                        if unmapped else ""))
+              "mapped into your ViT" + (f"; {', '.join(unmapped)} by finite differences" if unmapped else ""))
+    compared = sum(len(t.positions) for t in targets.values())
+    by_fd = f", {len(unmapped)} more by finite differences" if unmapped else ""
     return _verdict(problems, f"every parameter's gradient matches the reference's ({compared} sampled coordinates "
-                              f"of {len(by_student)} tensors{f', {len(unmapped)} more by finite differences' if unmapped else ''})",
+                              f"of {len(targets)} tensors{by_fd})",
                     method=method, mapping=recipe.description, challenge=ctx.expected.challenge)
 
 

@@ -236,6 +236,8 @@ class _Scanner:
                         self.check_path(path, node)
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr":
                 self._check_getattr(node, dynamic)
+            if dynamic and isinstance(node, ast.Call):
+                self._check_unpickling(node)
         unique = {(f.what, f.line): f for f in self.findings}
         return sorted(unique.values(), key=lambda f: (f.line, f.what))
 
@@ -262,6 +264,14 @@ class _Scanner:
         if hasattr(torch.nn.Module, attr) or hasattr(torch.Tensor, attr):  # `model.modules()` is not sys.modules
             return
         self.add(f"{ast.unparse(base)}.{attr} (looks like {api})", node)
+
+    def _check_unpickling(self, node: ast.Call) -> None:
+        """`torch.load(..., weights_only=False)` and `np.load(..., allow_pickle=True)` run pickled code, which can
+        name any API."""
+        for keyword in node.keywords:
+            safe = {"weights_only": True, "allow_pickle": False}.get(keyword.arg or "")
+            if safe is not None and not (isinstance(keyword.value, ast.Constant) and keyword.value.value is safe):
+                self.add(f"dynamic code: {keyword.arg}={ast.unparse(keyword.value)} (unpickling runs code)", node)
 
     def _check_getattr(self, node: ast.Call, dynamic: bool) -> None:
         if len(node.args) < 2:
