@@ -87,8 +87,7 @@ class Policy:
         self._keep: list[object] = []  # keeps the resolved objects (and so their ids) alive
         for api in apis:
             obj = None if "*" in api else _lookup(api)
-            if isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, dict)) \
-                    or callable(obj):
+            if obj is not None and (callable(obj) or isinstance(obj, (types.ModuleType, dict))):
                 self.by_identity.setdefault(id(obj), api)
                 self._keep.append(obj)
         # Distinctive layer and function names, also flagged on an object the scan cannot resolve.
@@ -133,8 +132,8 @@ class _Scanner:
         self.aliases: dict[str, str] = {}
         self.star_modules: list[str] = []
         self.findings: list[Finding] = []
-        # Names the submission binds itself (a function called `compile` is not the builtin).
         self.import_roots: set[str] = set()
+        # Names the submission binds itself (a function called `compile` is not the builtin).
         self.defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
                                                                            ast.ClassDef))}
 
