@@ -85,7 +85,8 @@ def test_hidden_forbidden_api_fails_static_forbidden_naming_it_and_its_line(atta
 def test_names_that_only_look_forbidden_pass(tmp_path):
     harmless = ("name = 'TransformerEncoderLayer'\n        print('scaled_dot_product_attention', name)\n"
                 "        _ = [m for m in self.modules()]\n        _ = getattr(self, 'scale')\n"
-                "        _ = torch.compile\n        _ = nn.Module.__init__")
+                "        _ = torch.compile\n        _ = nn.Module.__init__\n"
+                "        for block in [self]:\n            _ = block.attention, block.scale")
     outcome = _static_outcome(_with_attack(harmless), tmp_path)
     assert outcome.status == "passed", outcome.message
     assert find_forbidden("import numpy as np\nx = np.load('a.npy')\nprint(type(x).__name__)",

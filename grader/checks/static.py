@@ -90,8 +90,10 @@ class Policy:
             if obj is not None and (callable(obj) or isinstance(obj, (types.ModuleType, dict))):
                 self.by_identity.setdefault(id(obj), api)
                 self._keep.append(obj)
-        # Distinctive layer and function names, also flagged on an object the scan cannot resolve.
-        self.leaves = {api.rsplit(".", 1)[-1]: api for api in apis if "*" not in api and api.startswith("torch.nn.")}
+        # Distinctive layer and function names (`MultiheadAttention`, `scaled_dot_product_attention`; not a
+        # plain word such as `attention`), also flagged on an object the scan cannot resolve.
+        self.leaves = {leaf: api for api in apis if "*" not in api and api.startswith("torch.nn.")
+                       and ((leaf := api.rsplit(".", 1)[-1]) != leaf.lower() or "_" in leaf)}
 
     def module(self, name: str) -> str | None:
         return next((m for m in self.modules if name == m or name.startswith(f"{m}.")), None)
@@ -146,6 +148,8 @@ class _Scanner:
         if isinstance(node, ast.Name):
             if node.id in self.aliases:
                 return self.aliases[node.id]
+            if node.id in self.defined:  # the submission's own TransformerEncoderLayer shadows a star import
+                return node.id
             for module in self.star_modules:
                 if _lookup(f"{module}.{node.id}") is not None:
                     return f"{module}.{node.id}"
