@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import secrets
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from grader.expected import Expected, VectorsError, challenge_expected, default_expected
 from grader.gradebook import read_roster, write_summary
 from grader.grading import fingerprint, grade_submission, rescore, worker_limits
 from grader.intake.naming import safe_id, student_id_from_name
@@ -48,6 +52,8 @@ class BatchOptions:
     submitted: Path | None = None
     extensions: Path | None = None
     worksheet: Path | None = None
+    # The grading run's secret seed for fresh weights and inputs (None: draw one); see grading_expected.
+    challenge_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -295,13 +301,33 @@ def gpu_pool(accuracy: str, workers: int) -> queue.Queue | None:
     return pool if pool.qsize() >= 1 else None
 
 
+CHALLENGES = "challenges.jsonl"  # instructor-only: the secret seed of every grading run into this folder
+
+
+def grading_expected(out: Path, seed: int | None, notes: list[str]) -> Expected:
+    """Instructor grading compares with the reference on weights and inputs drawn from a secret seed per run,
+    so the student bundle's test vectors (self-checking only) are worth nothing as a lookup table. The seed
+    goes to OUT/challenges.jsonl, never to the sandbox or a report (reports name it by a hash)."""
+    secret = seed if seed is not None else secrets.randbits(63)
+    try:
+        expected = challenge_expected(secret)
+    except VectorsError as exc:  # the student bundle: no reference to compute fresh values with
+        notes.append(f"graded on the bundle's fixed test vectors ({exc})")
+        return default_expected()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / CHALLENGES, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"challenge": expected.challenge, "seed": secret,
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    return expected
+
+
 def _grade_one(entry: Entry, options: BatchOptions, rubric: Rubric, threads: int,
-               gpus: queue.Queue | None = None) -> Report:
+               gpus: queue.Queue | None = None, expected: Expected | None = None) -> Report:
     gpu = gpus.get() if gpus is not None else None
     try:
         return grade_submission(entry.path, rubric=rubric, student_id=entry.student_id, isolation=options.isolation,
                                 timeout=options.timeout, accuracy=options.accuracy, data_dir=options.data_dir,
-                                threads=threads, gpu=gpu)
+                                threads=threads, gpu=gpu, expected=expected)
     except Exception as exc:  # a grader bug is that student's error report; the batch goes on
         return Report.failure(entry.student_id, str(entry.path), f"internal grader error: {type(exc).__name__}: {exc}",
                               fault="grader")
@@ -391,7 +417,8 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         try:
             # Locally, each worker thread takes a GPU from a pool; a cluster executor assigns its own.
             gpus = gpu_pool(options.accuracy, workers) if executor is local_executor else None
-            executor(todo, lambda entry: _grade_one(entry, options, rubric, threads, gpus), done, workers)
+            expected = grading_expected(out, options.challenge_seed, summary.notes) if todo else None
+            executor(todo, lambda entry: _grade_one(entry, options, rubric, threads, gpus, expected), done, workers)
         finally:
             bar.close()
             if options.manual:

@@ -62,6 +62,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         timeout=args.timeout, resume=args.resume, manual=args.manual, gradescope=args.gradescope,
         isolation=args.isolation, id_pattern=args.id_pattern, data_dir=args.data_dir, progress=not args.quiet,
         submitted=args.submitted, extensions=args.extensions, worksheet=args.worksheet,
+        challenge_seed=args.challenge_seed,
     )
     try:
         if args.executor == "ray":
@@ -334,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local process pool (default) or a Ray cluster (pip install \"vit-autograder[ray]\")")
     grade.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray cluster)")
+    grade.add_argument("--challenge-seed", type=int, metavar="N",
+                       help="reuse a grading run's secret seed (from OUT/challenges.jsonl) to reproduce its reports; "
+                            "default: a fresh secret seed per run")
     _add_common(grade)
     grade.set_defaults(func=cmd_grade)
 

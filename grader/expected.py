@@ -22,25 +22,50 @@ import torch
 from grader.spec import ALTERNATIVE, DEFAULT, KINDS, random_input
 
 State = dict[str, np.ndarray]
-# Seeds of the reference's random weights; the inputs use seed + 100.
+# Seeds of the reference's random weights in the student bundle's test vectors; the inputs use
+# seed + 100 and the gradient challenge seed + 200. Instructor grading draws fresh ones (fresh_seeds).
 SEEDS = {"FNN": 11, "SelfAttention": 12, "TransformerEncoderLayer": 13, "ViT": 14}
 # A test-vector file packaged inside the grader (the student bundle) makes it the default source.
 PACKAGED_VECTORS = Path(__file__).resolve().parent / "test_vectors.npz"
-VECTORS_FORMAT = 1
+VECTORS_FORMAT = 2
+GRADIENT_SAMPLES = 16  # coordinates of each reference parameter whose gradient the challenge checks
+FIXED_CHALLENGE = "fixed (the student bundle's test vectors)"
 
 
 class VectorsError(Exception):
     """The test-vector file is missing, unreadable, or made for other inputs."""
 
 
-def inputs(kind: str) -> np.ndarray:
-    """The fixed input each equivalence check feeds to a component (float64, batch 2)."""
-    return random_input(kind, DEFAULT, batch=2, seed=SEEDS[kind] + 100)
+def inputs(kind: str, seeds: dict[str, int] = SEEDS) -> np.ndarray:
+    """The input each equivalence check feeds to a component (float64, batch 2); fixed unless `seeds` are fresh."""
+    return random_input(kind, DEFAULT, batch=2, seed=seeds[kind] + 100)
 
 
-def alternative_inputs(kind: str) -> np.ndarray:
+def fresh_seeds(secret: int) -> dict[str, int]:
+    """Per-component seeds derived from a grading run's secret (weights and inputs nobody has seen)."""
+    return {kind: int.from_bytes(hashlib.sha256(f"{secret}:{kind}".encode()).digest()[:7], "big") for kind in SEEDS}
+
+
+def challenge_id(secret: int) -> str:
+    """A name for a grading run's secret that can be shown (it does not reveal the secret)."""
+    return "sha256:" + hashlib.sha256(f"vitgrade-challenge:{secret}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class GradientChallenge:
+    """The reference ViT's backward pass for the parent to check against: weights are `weights("ViT")`."""
+
+    images: np.ndarray  # (1, 3, H, W)
+    upstream: np.ndarray  # (1, num_classes): the gradient flowing into the logits
+    logits: np.ndarray  # the reference's output on `images`
+    samples: dict[str, np.ndarray]  # reference parameter -> flat indices checked
+    gradients: dict[str, np.ndarray]  # reference parameter -> its gradient at those indices
+    full: dict[str, np.ndarray] | None = None  # every gradient, where the reference is at hand (not recorded)
+
+
+def alternative_inputs(kind: str, seeds: dict[str, int] = SEEDS) -> np.ndarray:
     """The input each equivalence check feeds at the ALTERNATIVE configuration, where every size differs."""
-    return random_input(kind, ALTERNATIVE, batch=2, seed=SEEDS[kind] + 200)
+    return random_input(kind, ALTERNATIVE, batch=2, seed=seeds[kind] + 200)
 
 
 @dataclass
@@ -61,10 +86,23 @@ class Expected:
     source = "unknown"
     # The accuracy check's pass mark comes from training the reference; only the reference source can.
     can_train_reference = False
+    seeds: dict[str, int] = SEEDS
+    # Which weights and inputs: FIXED_CHALLENGE, or the id of a grading run's secret seed.
+    challenge = FIXED_CHALLENGE
+
+    def inputs(self, kind: str) -> np.ndarray:
+        return inputs(kind, self.seeds)
+
+    def alternative_inputs(self, kind: str) -> np.ndarray:
+        return alternative_inputs(kind, self.seeds)
 
     def weights(self, kind: str) -> State:
         shapes, gains = self.weight_layout(kind)
-        return random_weights(shapes, gains, SEEDS[kind])
+        return random_weights(shapes, gains, self.seeds[kind])
+
+    def gradient_challenge(self) -> GradientChallenge | None:
+        """The reference's gradients for the ViT's weights, or None where this source has none."""
+        return None
 
     def weight_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
         """The reference's parameter names and shapes, in order, and which are LayerNorm gains."""
@@ -91,7 +129,7 @@ class Expected:
     # logits for "ViT". None where the source has no such values (test vectors of an older bundle).
     def alternative_weights(self, kind: str) -> State | None:
         layout = self.alternative_layout(kind)
-        return None if layout is None else random_weights(*layout, SEEDS[kind])
+        return None if layout is None else random_weights(*layout, self.seeds[kind])
 
     def alternative_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]] | None:
         raise NotImplementedError
@@ -139,6 +177,8 @@ def record(expected: Expected, path: Path, leave_out: set[str] | frozenset[str] 
     def wanted(group: str) -> bool:
         return not VECTOR_READERS[group] <= set(leave_out)
 
+    if expected.seeds != SEEDS:
+        raise VectorsError("test vectors are recorded from the fixed seeds only (a grading run's are secret)")
     arrays: dict[str, np.ndarray] = {}
     meta: dict = {"format": VECTORS_FORMAT, "inputs": {}, "weights": {}, "variants": {}}
     for kind in KINDS:
@@ -174,6 +214,13 @@ def record(expected: Expected, path: Path, leave_out: set[str] | frozenset[str] 
                 arrays[f"ViT/stage/layer_outputs/{i}"] = out
         else:
             arrays[f"ViT/stage/{f.name}"] = value
+    challenge = expected.gradient_challenge()
+    if challenge is not None:
+        for name in ("images", "upstream", "logits"):
+            arrays[f"ViT/gradient/{name}"] = getattr(challenge, name)
+        for name in challenge.samples:
+            arrays[f"ViT/gradient/index/{name}"] = challenge.samples[name]
+            arrays[f"ViT/gradient/value/{name}"] = challenge.gradients[name]
     arrays["meta"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -224,6 +271,14 @@ class VectorExpected(Expected):
         return ViTStages(patches=stage["patches"], patch_embed=stage["patch_embed"], tokens=stage["tokens"],
                          layer_outputs=layers, normed=stage["normed"], logits=stage["logits"])
 
+    def gradient_challenge(self) -> GradientChallenge | None:
+        grad = self._group("ViT/gradient/")
+        if "images" not in grad:
+            return None
+        indices, values = self._group("ViT/gradient/index/"), self._group("ViT/gradient/value/")
+        return GradientChallenge(grad["images"], grad["upstream"], grad["logits"], indices,
+                                 {name: values[name] for name in indices})
+
     def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
         # Only the reference's own path is recorded: answer where the input is (numerically) that path's.
         stages = self.vit_stages()
@@ -253,7 +308,8 @@ class VectorExpected(Expected):
 
 @functools.lru_cache(maxsize=1)
 def default_expected() -> Expected:
-    """The test vectors named by $VITGRADE_VECTORS or packaged with the grader, else the reference."""
+    """The test vectors named by $VITGRADE_VECTORS or packaged with the grader, else the reference (fixed seeds:
+    a self-check; instructor grading uses `challenge_expected`)."""
     named = os.environ.get("VITGRADE_VECTORS")
     if named:
         return VectorExpected(Path(named))
@@ -262,3 +318,16 @@ def default_expected() -> Expected:
     from grader.reference_expected import ReferenceExpected
 
     return ReferenceExpected()
+
+
+def challenge_expected(secret: int) -> Expected:
+    """Instructor grading: the reference with weights and inputs drawn from a grading run's secret seed.
+
+    The student bundle's vectors are for self-checking only; a submission that recognises them (a lookup
+    table) meets other numbers here. Without the reference (the student bundle) this is an error.
+    """
+    try:
+        from grader.reference_expected import ReferenceExpected
+    except ImportError:
+        raise VectorsError("fresh grading inputs need the reference solution (the instructor's install)") from None
+    return ReferenceExpected(secret)

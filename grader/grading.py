@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 from grader import __version__
-from grader.checks import CHECKS, EVALUATE_LAST, Check
+from grader.checks import CHECKS, Check
 from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.checks.training import resolve_mode
 from grader.expected import Expected
@@ -175,7 +175,7 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
         warnings.append(f"compared in float32 with looser tolerances: the model does not run in float64 ({trouble})")
     enabled = [c for c in CHECKS if rubric.enabled(c.id)]
     outcomes: dict[str, Outcome] = {}
-    for check in sorted(enabled, key=lambda c: c.id in EVALUATE_LAST):
+    for check in enabled:
         outcomes[check.id], seconds = _outcome(check, ctx, deadline)
         timings[f"check:{check.id}"] = seconds
     excused = round(sandbox.stats.excused_seconds, 1)
@@ -194,7 +194,7 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
         sandbox={"isolation": sandbox.isolation, "network": sandbox.isolation == "none",
                  "worker_starts": sandbox.stats.starts, "precision": sandbox.dtype,
                  "memory_limit_gib": rubric.limits["memory_gib"], "protections": sandbox.protections},
-        environment=environment(),
+        environment={**environment(), "challenge": ctx.expected.challenge},
         answers=submission.answers,
         output=sandbox.output,
         fingerprint=fingerprint(Path(submission.path), rubric, ctx.notes.get("accuracy", "auto"), submission.digest),

@@ -14,7 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from grader.checks.diagnose import as_tensor
-from grader.expected import SEEDS, Expected, State, ViTStages, alternative_inputs, inputs, random_weights
+from grader.expected import (
+    GRADIENT_SAMPLES,
+    Expected,
+    GradientChallenge,
+    State,
+    ViTStages,
+    challenge_id,
+    fresh_seeds,
+    random_weights,
+)
 from grader.spec import ALTERNATIVE, DEFAULT, ViTConfig, component_args, component_kwargs
 from reference.vit import FNN, SelfAttention, TransformerEncoderLayer, ViT
 
@@ -40,11 +49,18 @@ def layout(module: nn.Module) -> tuple[dict[str, tuple[int, ...]], set[str]]:
 
 
 class ReferenceExpected(Expected):
+    """The reference's values; with `secret`, on weights and inputs drawn from it (instructor grading)."""
+
     source = "reference solution"
     can_train_reference = True
 
+    def __init__(self, secret: int | None = None):
+        if secret is not None:
+            self.seeds = fresh_seeds(secret)
+            self.challenge = challenge_id(secret)
+
     def _module(self, kind: str) -> nn.Module:
-        return build_reference(kind, DEFAULT, seed=SEEDS[kind])
+        return build_reference(kind, DEFAULT, seed=self.seeds[kind])
 
     def weights(self, kind: str) -> State:
         return {name: p.detach().numpy().copy() for name, p in self._module(kind).named_parameters()}
@@ -55,24 +71,24 @@ class ReferenceExpected(Expected):
     def output(self, kind: str) -> tuple[np.ndarray, State]:
         module = self._module(kind)
         with torch.no_grad():
-            y = module(as_tensor(inputs(kind)))
+            y = module(as_tensor(self.inputs(kind)))
         extras = {"attn_weights": module.attn_weights.numpy()} if isinstance(module, SelfAttention) else {}
         return y.numpy(), extras
 
     def variants(self, kind: str) -> dict[str, np.ndarray]:
         if kind == "FNN":
-            return fnn_variants(self.weights("FNN"), inputs("FNN"))
+            return fnn_variants(self.weights("FNN"), self.inputs("FNN"))
         if kind == "SelfAttention":
-            return attention_variants(self.weights("SelfAttention"), inputs("SelfAttention"), DEFAULT.num_heads)
+            return attention_variants(self.weights("SelfAttention"), self.inputs("SelfAttention"), DEFAULT.num_heads)
         if kind == "patches":
-            return patch_variants(inputs("ViT"), DEFAULT.patch_size)
+            return patch_variants(self.inputs("ViT"), DEFAULT.patch_size)
         raise KeyError(kind)
 
     @functools.cache  # noqa: B019 - one instance per process; the stages never change
     def vit_stages(self) -> ViTStages:
         model = self._module("ViT")
         with torch.no_grad():
-            images = as_tensor(inputs("ViT"))
+            images = as_tensor(self.inputs("ViT"))
             patches = model.patchify(images)
             tokens = model.embed(images)
             outputs, h = [], tokens
@@ -85,15 +101,33 @@ class ReferenceExpected(Expected):
                              logits=model.linear(normed[:, 0]).numpy())
 
     def alternative_weights(self, kind: str) -> State:
-        module = build_reference(kind, ALTERNATIVE, seed=SEEDS[kind])
+        module = build_reference(kind, ALTERNATIVE, seed=self.seeds[kind])
         return {name: p.detach().numpy().copy() for name, p in module.named_parameters()}
 
     def alternative_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
-        return layout(build_reference(kind, ALTERNATIVE, seed=SEEDS[kind]))
+        return layout(build_reference(kind, ALTERNATIVE, seed=self.seeds[kind]))
 
     def alternative_output(self, kind: str) -> np.ndarray:
         with torch.no_grad():
-            return build_reference(kind, ALTERNATIVE, seed=SEEDS[kind])(as_tensor(alternative_inputs(kind))).numpy()
+            return build_reference(kind, ALTERNATIVE, seed=self.seeds[kind])(as_tensor(self.alternative_inputs(kind))).numpy()
+
+    @functools.cache  # noqa: B019 - one instance per grading run; the challenge never changes
+    def gradient_challenge(self) -> GradientChallenge:
+        model = self._module("ViT")
+        rng = np.random.default_rng(self.seeds["ViT"] + 200)
+        images = rng.standard_normal((1, 3, DEFAULT.img_size, DEFAULT.img_size))
+        upstream = rng.standard_normal((1, DEFAULT.num_classes))
+        names, params = zip(*model.named_parameters(), strict=True)
+        with torch.enable_grad():
+            logits = model(as_tensor(images))
+            grads = torch.autograd.grad(logits, params, grad_outputs=as_tensor(upstream))  # leaves .grad untouched
+        samples, values, full = {}, {}, {}
+        for name, grad in zip(names, grads, strict=True):
+            full[name] = grad.detach().numpy()
+            flat = full[name].reshape(-1)
+            samples[name] = np.sort(rng.choice(flat.size, size=min(GRADIENT_SAMPLES, flat.size), replace=False))
+            values[name] = flat[samples[name]]
+        return GradientChallenge(images, upstream, logits.detach().numpy(), samples, values, full)
 
     def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
         if layer_in is None:

@@ -48,6 +48,8 @@ class Rubric:
     meta: dict[str, Any] = field(default_factory=dict)  # [meta]: name, version, instructor_only (see below)
     visibility: dict[str, str] = field(default_factory=dict)  # check id -> one of VISIBILITIES; default visible
     late: LatePolicy | None = None  # the [late] section; None: no deadline
+    # Code that can reach an API without naming it (exec, computed getattr, introspection): see checks/static.py.
+    forbidden_dynamic_code: bool = True
 
     def enabled(self, check_id: str) -> bool:
         return check_id in self.points
@@ -57,7 +59,7 @@ class Rubric:
         """Every setting that can change a check's verdict, and which checks run; not points, comments or
         [meta]. A report whose verdict digest still matches needs no sandbox run, only rescoring."""
         return _digest({"checks": sorted(self.points), "tolerances": {k: asdict(v) for k, v in self.tolerances.items()},
-                        "forbidden": [self.forbidden_modules, self.forbidden_apis], "limits": self.limits,
+                        "forbidden": [self.forbidden_modules, self.forbidden_apis, self.forbidden_dynamic_code], "limits": self.limits,
                         "accuracy": self.accuracy, "tasks": self.tasks})
 
     @property
@@ -184,7 +186,10 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         _require(precision in tolerances, f"{path}: tolerances.{precision}", "missing")
     forbidden = data.get("forbidden", {})
     for key in forbidden:
-        _require(key in ("modules", "apis"), f"{path}: forbidden.{key}", "unknown key (allowed: modules, apis)")
+        _require(key in ("modules", "apis", "dynamic_code"), f"{path}: forbidden.{key}",
+                 "unknown key (allowed: modules, apis, dynamic_code)")
+    dynamic_code = forbidden.get("dynamic_code", True)
+    _require(isinstance(dynamic_code, bool), f"{path}: forbidden.dynamic_code", "expected true or false")
     accuracy = {mode: _accuracy_mode(spec, f"{path}: accuracy.{mode}") for mode, spec in data.get("accuracy", {}).items()}
     tasks = _tasks(data.get("tasks", {}), f"{path}: tasks")
     visibility = {}
@@ -219,6 +224,7 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
         meta=_meta(data.get("meta", {}), f"{path}: meta"),
         visibility=visibility,
         late=late,
+        forbidden_dynamic_code=dynamic_code,
     )
 
 

@@ -156,6 +156,11 @@ trainset = torchvision.datasets.CIFAR10(root="./data", download=True)
 '''
 
 
+# Correct variants that use a layer the handout rules out (「畳み込み層やプーリング層を使わずに」): full marks
+# for the math, and static.forbidden names the layer (the rubric can lift the ban).
+HANDOUT_POLICY = {"separate_qkv_einsum_dropout_conv": "torch.nn.Conv2d"}
+
+
 def variants() -> dict[str, str | Path]:
     """name -> source (str) or file (Path) of a correct submission; every one must get full marks."""
     handout_classes = HANDOUT_SOURCE.split("# TransformerEncoderLayerクラスの定義")[0]

@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 
 from grader.batch import BatchOptions, grade_batch
+from grader.expected import challenge_expected
 from grader.grading import grade_submission
 from grader.sandbox import available_levels
 
 from .conftest import HANDOUT_SOURCE, code_rubric
 
 TOKEN = uuid.uuid4().hex[:12]
+CHALLENGE_SEED = 20261128  # the batch's secret seed, reused for the honest student's baseline
 SECRET = f"grader-secret-{TOKEN}"
 HONEST_MARKER = f"honest-student-{TOKEN}"
 ISOLATED = available_levels()[0] == "bwrap"
@@ -176,8 +178,10 @@ def graded(tmp_path_factory):
     out = root / "out"
     started = time.monotonic()
     try:
-        grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="off", progress=False, workers=2))
-        baseline = grade_submission(submissions / "honest.py", rubric=rubric, accuracy="off")
+        grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="off", progress=False, workers=2,
+                                                challenge_seed=CHALLENGE_SEED))
+        baseline = grade_submission(submissions / "honest.py", rubric=rubric, accuracy="off",
+                                    expected=challenge_expected(CHALLENGE_SEED))
     finally:
         del os.environ["VITGRADE_ADVERSARIAL_SECRET"]
     seconds = time.monotonic() - started
@@ -261,6 +265,6 @@ def test_spoofed_output_and_monkeypatching_change_nothing(graded):
 def test_grading_is_deterministic(graded):
     """The same submission graded twice: identical reports apart from timings."""
     again = grade_submission(graded["root"] / "submissions" / "honest.py", rubric=graded["rubric"],
-                             accuracy="off").to_dict()
+                             accuracy="off", expected=challenge_expected(CHALLENGE_SEED)).to_dict()
     first = graded["baseline"].to_dict()
     assert {k: v for k, v in again.items() if k != "timings"} == {k: v for k, v in first.items() if k != "timings"}

@@ -32,7 +32,8 @@ def test_help_lists_the_commands():
 
 
 def test_check_correct_submission_exits_0_and_writes_json_and_junit(tmp_path, code_rubric_file):
-    result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--accuracy", "off", "--rubric", str(code_rubric_file),
+    # s1003 rather than s1002: s1002's Conv2d patch embedding is correct math the handout's rules forbid.
+    result = vitgrade("check", str(EXAMPLES / "s1003_loop_heads"), "--accuracy", "off", "--rubric", str(code_rubric_file),
                       "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "j.xml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "equiv.self_attention" in result.stdout and "PASS" in result.stdout
@@ -70,7 +71,7 @@ def test_check_usage_errors_exit_2(tmp_path):
 def batch_dir(tmp_path_factory) -> Path:
     """A small class: two correct, one buggy, one broken, one hostile, one unreadable."""
     folder = tmp_path_factory.mktemp("class")
-    shutil.copy(EXAMPLES / "s1002_separate_qkv.py", folder / "alice.py")
+    (folder / "alice.py").write_text(HANDOUT_SOURCE, encoding="utf-8")  # s1002 uses a forbidden Conv2d
     shutil.copytree(EXAMPLES / "s1003_loop_heads", folder / "bob")
     shutil.copy(EXAMPLES / "s2001_softmax_axis.ipynb", folder / "carol.ipynb")
     (folder / "dave.ipynb").write_text("not a notebook", encoding="utf-8")

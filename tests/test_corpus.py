@@ -11,7 +11,7 @@ import torch
 from grader.grading import grade_submission
 
 from .conftest import code_rubric
-from .corpus import MUTANTS, variants
+from .corpus import HANDOUT_POLICY, MUTANTS, variants
 from .corpus_styles import COURSE_REVISION, DIFFERENCES, POLICY_EXEMPT, STYLES
 
 VARIANTS = variants()
@@ -67,6 +67,10 @@ def test_correct_variant_gets_full_marks(graded, name):
     report = graded[f"variant:{name}"]
     assert report.status == "graded", report.error
     failing = {c.id: c.message for c in report.checks if c.status not in ("passed", "skipped")}
+    if name in HANDOUT_POLICY:
+        assert list(failing) == ["static.forbidden"] and HANDOUT_POLICY[name] in failing["static.forbidden"]
+        assert report.score == report.max_score - report.check("static.forbidden").max_points
+        return
     assert failing == {}
     assert report.score == report.max_score > 0
     assert report.check("train.accuracy").status == "skipped"

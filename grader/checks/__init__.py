@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from grader.checks import equivalence, load, props, shapes, static, tasks, training
+from grader.checks import equivalence, gradients, load, props, shapes, static, tasks, training
 from grader.checks.context import GradingContext, Outcome
 
 
@@ -32,7 +32,7 @@ CHECKS: tuple[Check, ...] = (
     Check("props.permutation_equivariance", "SelfAttention is permutation-equivariant",
           props.check_permutation_equivariance),
     Check("props.batch_independence", "Images in a batch do not affect each other", props.check_batch_independence),
-    Check("props.gradients", "Every parameter receives a gradient", props.check_gradients),
+    Check("props.gradients", "Every parameter receives a gradient", gradients.check_gradients),
     Check("props.determinism", "Eval mode is deterministic", props.check_determinism),
     Check("equiv.fnn", "FNN computes the reference function", equivalence.check_fnn),
     Check("equiv.self_attention", "SelfAttention computes the reference function", equivalence.check_self_attention),
@@ -52,9 +52,7 @@ CHECKS: tuple[Check, ...] = (
     Check("task3.answer", "課題3: heatmaps and Grad-CAM (graded by a person)", tasks.check_task3_answer,
           needs_worker=False, by_person=True),
 )
-# static.forbidden also reports forbidden calls seen at run time, so it is evaluated last.
-EVALUATE_LAST = ("static.forbidden",)
 CHECK_IDS = tuple(c.id for c in CHECKS)
 PERSON_GRADED = frozenset(c.id for c in CHECKS if c.by_person)
 
-__all__ = ["CHECKS", "CHECK_IDS", "PERSON_GRADED", "EVALUATE_LAST", "Check", "GradingContext", "Outcome"]
+__all__ = ["CHECKS", "CHECK_IDS", "PERSON_GRADED", "Check", "GradingContext", "Outcome"]

@@ -228,7 +228,7 @@ class GradingContext:
         if actual.shape != expected.shape:
             return Comparison(False, float("inf"), float("inf"), tol,
                               f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
-        if not np.all(np.isfinite(actual)):
+        if not np.all(np.isfinite(actual)) or not np.all(np.isfinite(expected)):
             return Comparison(False, float("inf"), float("inf"), tol, "output contains NaN or infinity")
         diff = np.abs(actual - expected)
         max_abs = float(diff.max(initial=0.0))

@@ -28,7 +28,6 @@ from grader.checks.mapping import (
     traced_vit,
     vit_recipe,
 )
-from grader.expected import alternative_inputs, inputs
 from grader.sandbox import Reply
 from grader.spec import ALTERNATIVE, DEFAULT, component_args
 
@@ -84,7 +83,7 @@ def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
     if key in ctx.notes:
         return ctx.notes[key]
     built = ctx.shared(kind, component_args(kind, DEFAULT))
-    state, x = ctx.expected.weights(kind), inputs(kind)
+    state, x = ctx.expected.weights(kind), ctx.expected.inputs(kind)
     expected, extras = ctx.expected.output(kind)
     try:
         recipes = recipes_for(built.params, DEFAULT)
@@ -188,7 +187,7 @@ def alternative_problem(ctx: GradingContext, kind: str, search: Recipe | None) -
     expected, state = ctx.expected.alternative_output(kind), ctx.expected.alternative_weights(kind)
     if expected is None or state is None:
         return None
-    x = alternative_inputs(kind)
+    x = ctx.expected.alternative_inputs(kind)
     built = (ctx.shared("ViT", kwargs=ALTERNATIVE.kwargs()) if kind == "ViT"
              else ctx.shared(kind, component_args(kind, ALTERNATIVE)))
     try:
@@ -341,7 +340,7 @@ def layer_search(ctx: GradingContext) -> dict:
         return ctx.notes["layer"]
     attention, fnn, differing = _component_status(ctx)
     built = ctx.shared("TransformerEncoderLayer", component_args("TransformerEncoderLayer", DEFAULT))
-    state, x = ctx.expected.weights("TransformerEncoderLayer"), inputs("TransformerEncoderLayer")
+    state, x = ctx.expected.weights("TransformerEncoderLayer"), ctx.expected.inputs("TransformerEncoderLayer")
     expected, _ = ctx.expected.output("TransformerEncoderLayer")
     try:  # fast path: the student's own SelfAttention and FNN inside, found by class
         recipes = layer_recipes(built.params, built.modules, DEFAULT, attention, fnn, CLASSES)
@@ -401,7 +400,7 @@ def check_encoder_layer(ctx: GradingContext) -> Outcome:
         f"max error {first['output'].max_abs:.3g}")
     reason = found.get("placement") or reason
     eps = eps_problem(ctx, ctx.shared("TransformerEncoderLayer", component_args("TransformerEncoderLayer", DEFAULT)),
-                      inputs("TransformerEncoderLayer"), "TransformerEncoderLayer forward")
+                      ctx.expected.inputs("TransformerEncoderLayer"), "TransformerEncoderLayer forward")
     if eps:
         reason = f"{eps}; {reason}"
     return Outcome.failed(f"TransformerEncoderLayer differs from the reference: {reason}",
@@ -429,7 +428,7 @@ def vit_mapping(ctx: GradingContext, built: Built, prefer: Recipe | None = None)
     if recipe is not None:
         return VitMapping([recipe, channel_last(recipe, DEFAULT)], find_modules(built.modules, "TransformerEncoderLayer"),
                           traced=False)
-    events = ctx.trace(built, inputs("ViT"), "ViT forward")
+    events = ctx.trace(built, ctx.expected.inputs("ViT"), "ViT forward")
     try:
         traced = traced_vit(events, built.params, DEFAULT, prefer=layout_key(prefer) if prefer else "")
     except MappingError as exc:
@@ -455,7 +454,7 @@ def vit_search(ctx: GradingContext) -> dict:
     usable = [r for r in layer["results"] if r["output"].close or r["wiring"] is None] or layer["results"]
     layer_recipe = usable[0]["recipe"] if usable else None
     built = ctx.shared("ViT", kwargs=DEFAULT.kwargs())
-    state, x = ctx.expected.weights("ViT"), inputs("ViT")
+    state, x = ctx.expected.weights("ViT"), ctx.expected.inputs("ViT")
     stages = ctx.expected.vit_stages()
     mapping = vit_mapping(ctx, built, layer_recipe)
     capture_layers = [name for name in mapping.layers if name]
@@ -506,7 +505,7 @@ def check_vit(ctx: GradingContext) -> Outcome:
     stage, problem, verified = locate_divergence(ctx, reply, stages, state, recipe.parts.get("patch", ""),
                                                  recipe.parts.get("head", ""), mapping.layers)
     details["diverges_at"] = stage
-    eps = eps_problem(ctx, ctx.shared("ViT", kwargs=DEFAULT.kwargs()), inputs("ViT"), "ViT forward")
+    eps = eps_problem(ctx, ctx.shared("ViT", kwargs=DEFAULT.kwargs()), ctx.expected.inputs("ViT"), "ViT forward")
     if eps and not verified:
         problem = f"{eps}; {problem}"
     if stage == "encoder layers" and verified and not found["layer_matches"]:
@@ -533,7 +532,7 @@ def _observe_container_layers(ctx: GradingContext, found: dict, state) -> Reply:
     stack = next((".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1) if ".".join(parts[:k]) in calls), "")
     capture = [n for n in (recipe.parts.get("patch"), recipe.parts.get("head"), *entries, norm, stack) if n]
     built = ctx.shared("ViT", kwargs=DEFAULT.kwargs())
-    _, again = _try(ctx, built, recipe, state, inputs("ViT"), "ViT forward", capture=capture, trace=True)
+    _, again = _try(ctx, built, recipe, state, ctx.expected.inputs("ViT"), "ViT forward", capture=capture, trace=True)
     arrays = dict(again.arrays)
     # After the last layer: the final norm's input if it sees every token, else the stack's output.
     last = again.arrays.get(f"in:{norm}")

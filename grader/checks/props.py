@@ -17,6 +17,14 @@ def _randomized(ctx: GradingContext, kind: str, config, seed: int = 3) -> Built:
     return built
 
 
+def _require_shape(y: np.ndarray, expected: tuple[int, ...], what: str) -> None:
+    """Comparisons of empty or NaN arrays hold vacuously: a property is only tested on a well-formed output."""
+    if y.shape != tuple(expected):
+        raise CheckFailed(f"{what} {y.shape} != expected {tuple(expected)}")
+    if not np.all(np.isfinite(y)):
+        raise CheckFailed(f"{what} contains NaN or infinity")
+
+
 def check_attention_softmax(ctx: GradingContext) -> Outcome:
     config = DEFAULT
     built = _randomized(ctx, "SelfAttention", config)
@@ -31,6 +39,9 @@ def check_attention_softmax(ctx: GradingContext) -> Outcome:
     if weights.shape != expected:
         raise CheckFailed(f"attn_weights {weights.shape} != expected {expected} (B, heads, N, N)")
     atol = SOFTMAX_ATOL[ctx.precision]
+    if not np.all(np.isfinite(weights)):  # NaN compares false with everything: test it first
+        raise CheckFailed(f"attn_weights contains {int(np.sum(~np.isfinite(weights)))} NaN or infinite entries: "
+                          "a softmax gives finite weights")
     if weights.min() < -atol:
         raise CheckFailed(f"attn_weights has negative entries (min {weights.min():.3g}): the softmax is missing or "
                           "the weights are stored before it")
@@ -50,6 +61,7 @@ def check_permutation_equivariance(ctx: GradingContext) -> Outcome:
     x = random_input("SelfAttention", config, batch=2)
     perm = np.random.default_rng(7).permutation(x.shape[1])
     y = ctx.forward(built, x, "SelfAttention forward").arrays["y"]
+    _require_shape(y, x.shape, "SelfAttention output")
     y_perm = ctx.forward(built, x[:, perm], "SelfAttention forward").arrays["y"]
     comparison = ctx.compare(y_perm, y[:, perm])
     if not comparison.close:
@@ -64,6 +76,7 @@ def check_batch_independence(ctx: GradingContext) -> Outcome:
     built = _randomized(ctx, "ViT", config)
     x = random_input("ViT", config, batch=2)
     together = ctx.forward(built, x, "ViT forward").arrays["y"]
+    _require_shape(together, (2, config.num_classes), "ViT output")
     alone = ctx.forward(built, x[:1], "ViT forward on one image").arrays["y"]
     comparison = ctx.compare(together[:1], alone)
     if not comparison.close:
@@ -72,40 +85,12 @@ def check_batch_independence(ctx: GradingContext) -> Outcome:
     return Outcome.passed("an image's output is the same alone and in a batch of 2")
 
 
-def check_gradients(ctx: GradingContext) -> Outcome:
-    config = DEFAULT
-    built = _randomized(ctx, "ViT", config)
-    x = random_input("ViT", config, batch=1)
-    grad_out = np.random.default_rng(5).standard_normal((1, config.num_classes))
-    reply = ctx.forward(built, x, "ViT forward and backward", grad=True, train=False, arrays={"grad_out": grad_out})
-    stats = reply.arrays.get("grad_stats")
-    if stats is None or stats.shape != (len(built.params), 3):
-        raise CheckFailed("the worker returned no gradient summary")
-    missing, zero, nonfinite = [], [], []
-    for p, (has_grad, largest, finite) in zip(built.params, stats, strict=True):
-        if not has_grad:
-            missing.append(p.name)
-        elif not finite or not np.isfinite(largest):
-            nonfinite.append(p.name)
-        elif largest == 0:
-            zero.append(p.name)
-    problems = []
-    if missing:
-        problems.append(f"no gradient for {', '.join(missing)}")
-    if zero:
-        problems.append(f"zero gradient for {', '.join(zero)}")
-    if nonfinite:
-        problems.append(f"NaN/inf gradient for {', '.join(nonfinite)}")
-    if problems:
-        raise CheckFailed("; ".join(problems) + " (unused or detached parameters do not learn)")
-    return Outcome.passed(f"all {len(built.params)} parameters receive a finite, non-zero gradient")
-
-
 def check_determinism(ctx: GradingContext) -> Outcome:
     config = DEFAULT
     built = _randomized(ctx, "ViT", config)
     x = random_input("ViT", config, batch=1)
     first = ctx.forward(built, x, "ViT forward (eval mode)").arrays["y"]
+    _require_shape(first, (1, config.num_classes), "ViT output")
     second = ctx.forward(built, x, "ViT forward (eval mode)").arrays["y"]
     if not np.array_equal(first, second):
         raise CheckFailed(f"two eval-mode forwards of the same input differ (max {np.abs(first - second).max():.3g}): "

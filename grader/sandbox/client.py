@@ -214,7 +214,6 @@ class Sandbox:
         self.dtype, self.device = dtype, device
         self.stats = SandboxStats()
         self.protections = protections(self.isolation)
-        self.forbidden_calls: dict[str, int] = {}
         self.load_reply: dict = {}
         self._proc: subprocess.Popen | None = None
         self._stdout: _CappedReader | None = None
@@ -380,11 +379,6 @@ class Sandbox:
         except wire.ProtocolError as exc:
             self._fail("protocol", f"{what}: the worker sent an invalid message ({exc}); killed")
         self.stats.excused_seconds += clock.excused()
-        forbidden = header.get("forbidden_calls", {})
-        if isinstance(forbidden, dict):
-            for label, count in forbidden.items():
-                if isinstance(count, int):
-                    self.forbidden_calls[str(label)] = max(count, self.forbidden_calls.get(str(label), 0))
         return Reply(header, arrays)
 
     def _fail(self, kind: str, message: str):

@@ -25,32 +25,8 @@ class Worker:
         self.in_fd, self.out_fd = in_fd, out_fd
         self.module: types.ModuleType | None = None
         self.objects: dict[str, torch.nn.Module] = {}
-        self.forbidden_calls: dict[str, int] = {}
-        self._watch_forbidden()
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _watch_forbidden(self) -> None:
-        """Count calls of forbidden APIs (best effort: the parent's static check is the trusted one)."""
-        import torch.nn as nn
-        import torch.nn.functional as F
-
-        targets = [
-            (F, "scaled_dot_product_attention", "F.scaled_dot_product_attention"),
-            (nn.MultiheadAttention, "forward", "nn.MultiheadAttention"),
-            (nn.TransformerEncoderLayer, "forward", "nn.TransformerEncoderLayer"),
-            (nn.TransformerEncoder, "forward", "nn.TransformerEncoder"),
-        ]
-
-        def counted(label, original):
-            def wrapper(*args, **kwargs):
-                self.forbidden_calls[label] = self.forbidden_calls.get(label, 0) + 1
-                return original(*args, **kwargs)
-
-            return wrapper
-
-        for owner, attr, label in targets:
-            setattr(owner, attr, counted(label, getattr(owner, attr)))
-
     def tensor(self, array, dtype=None):
         t = self.torch.from_numpy(self.np.ascontiguousarray(array))
         return t.to(dtype=dtype or self.dtype, device=self.device) if t.is_floating_point() else t.to(self.device)
@@ -70,7 +46,7 @@ class Worker:
         return getattr(self, "_device", "cpu")
 
     def reply(self, header: dict, arrays: dict | None = None) -> None:
-        header = {"ok": True, "forbidden_calls": dict(self.forbidden_calls), **header}
+        header = {"ok": True, **header}
         self.wire.write_message(self.out_fd, header, arrays)
 
     def serve(self) -> None:
@@ -94,7 +70,7 @@ class Worker:
                 frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
                 self.wire.write_message(self.out_fd, {
                     "ok": False, "error": type(exc).__name__, "message": str(exc)[:2000],
-                    "traceback": "".join(frames)[-4000:], "forbidden_calls": dict(self.forbidden_calls)})
+                    "traceback": "".join(frames)[-4000:]})
 
     # -- requests ---------------------------------------------------------------------------
     def op_setup(self, header, arrays):
@@ -219,7 +195,7 @@ class Worker:
         return {}, None
 
     def op_forward(self, header, arrays):
-        """Run forward (and optionally backward); capture module inputs/outputs and attributes."""
+        """Run forward; capture module inputs/outputs and attributes (backward: op_gradients)."""
         obj = self.objects[header["handle"]]
         obj.train(bool(header.get("train", False)))
         capture = set(header.get("capture", []))
@@ -246,26 +222,12 @@ class Worker:
                 if name and (trace or name in capture):
                     hooks.append(module.register_forward_hook(make_hook(name, module)))
         x = self.tensor(arrays["x"])
-        if header.get("grad"):
-            x.requires_grad_(bool(header.get("input_grad", False)))
-        grad_ctx = self.torch.enable_grad() if header.get("grad") else self.torch.no_grad()
         try:
-            with grad_ctx:
+            with self.torch.no_grad():
                 out = obj(x)
                 if not isinstance(out, self.torch.Tensor):
                     raise TypeError(f"forward returned {type(out).__name__}, expected a tensor")
                 result = {"y": self.array(out)}
-                if header.get("grad"):
-                    obj.zero_grad(set_to_none=True)
-                    out.backward(self.tensor(arrays["grad_out"]))
-                    # Per parameter: has a gradient, largest |gradient|, all finite. Summaries, not the
-                    # gradients themselves: the default ViT's would be 76 MB per request.
-                    stats = []
-                    for _, p in obj.named_parameters():
-                        g = p.grad
-                        stats.append([0.0, 0.0, 1.0] if g is None else
-                                     [1.0, float(g.abs().max()) if g.numel() else 0.0, float(g.isfinite().all())])
-                    result["grad_stats"] = self.np.asarray(stats, dtype=self.np.float64).reshape(-1, 3)
         finally:
             for h in hooks:
                 h.remove()
@@ -277,6 +239,32 @@ class Worker:
                 result[f"attr:{path}"] = self.array(value)
         result.update(captured)
         return {"calls": calls}, result
+
+    def op_gradients(self, header, arrays):
+        """Forward, then backward from the parent's upstream gradient; return the output and the raw
+        gradients of the parameters the parent names (at the flat indices it names, or whole). The
+        parent compares them with the reference's: nothing here is a verdict or a summary."""
+        obj = self.objects[header["handle"]]
+        obj.train(False)
+        params = dict(obj.named_parameters())
+        for p in params.values():
+            p.grad = None
+        with self.torch.enable_grad():
+            out = obj(self.tensor(arrays["x"]))
+            if not isinstance(out, self.torch.Tensor):
+                raise TypeError(f"forward returned {type(out).__name__}, expected a tensor")
+            out.backward(self.tensor(arrays["grad_out"]).to(out.dtype))
+        result, missing = {"y": self.array(out)}, []
+        for name, where in header.get("gradients", {}).items():
+            grad = params[name].grad if name in params else None
+            if grad is None:
+                missing.append(name)
+                continue
+            flat = grad.detach().reshape(-1)
+            if where != "all":
+                flat = flat[self.torch.as_tensor(where, dtype=self.torch.long, device=flat.device)]
+            result[f"grad:{name}"] = self.array(flat)
+        return {"no_gradient": missing}, result
 
     def op_train(self, header, arrays):
         import trainer
