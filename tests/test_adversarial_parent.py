@@ -395,12 +395,12 @@ def test_a_report_with_hostile_text_is_written_and_read_back(tmp_path):
 
 
 def test_a_report_that_cannot_be_written_becomes_an_error_report(tmp_path, monkeypatch):
-    import grader.batch as batch
+    import grader.output as output
 
-    original = batch.render_html
-    monkeypatch.setattr(batch, "render_html", lambda r: (_ for _ in ()).throw(OSError("disk says no"))
+    original = output.render_html
+    monkeypatch.setattr(output, "render_html", lambda r: (_ for _ in ()).throw(OSError("disk says no"))
                         if r.status == "graded" else original(r))
-    assert batch.write_student_safely(tmp_path, _hostile_report(), gradescope=False) is None
+    assert output.write_student_safely(tmp_path, _hostile_report(), gradescope=False) is None
     report = load_report(tmp_path / "students" / "mallory" / "report.json")
     assert report.status == "error" and "could not be written" in report.error
 

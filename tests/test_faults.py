@@ -177,7 +177,7 @@ def test_course_ci_installs_what_the_course_hands_out_and_says_the_isolation_lev
 def test_a_batch_stops_after_consecutive_grader_faults_and_regrades_them_next_time(starving_rubric, tmp_path):
     import pandas as pd
 
-    from grader.batch import MAX_GRADER_FAULTS, BatchOptions, Entry, grade_batch, up_to_date
+    from grader.batch import MAX_GRADER_FAULTS, BatchOptions, Entry, grade_batch, stored_report
     from grader.grading import fingerprint
     from grader.sandbox.preflight import GraderBroken
 
@@ -194,7 +194,7 @@ def test_a_batch_stops_after_consecutive_grader_faults_and_regrades_them_next_ti
     graded = book[book["status"] != "missing"]
     assert len(graded) == MAX_GRADER_FAULTS and set(graded["status"]) == {"needs regrade"}
     entry = Entry("s0", folder / "s0.py")
-    assert not up_to_date(tmp_path / "out", entry, fingerprint(entry.path, rubric, "off"))
+    assert stored_report(tmp_path / "out", entry, fingerprint(entry.path, rubric, "off")) == ("", None)
 
 
 def test_the_request_clock_does_not_count_the_graders_own_stall():
