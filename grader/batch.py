@@ -226,6 +226,10 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
                 summary.reused.append(entry.student_id)
             else:
                 todo.append(entry)
+        if todo:  # the pass mark's reference run, trained before any student's code runs (cached after)
+            from grader.checks.training import prepare_reference
+
+            prepare_reference(rubric, options.accuracy, options.data_dir, progress=options.progress)
         workers = max(1, min(options.workers or default_workers(options.accuracy), max(1, len(todo))))
         threads = max(1, (os.cpu_count() or 2) // workers)
         bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not options.progress, file=sys.stderr)

@@ -30,8 +30,8 @@ class CheckResult:
 
     @property
     def counts(self) -> bool:
-        """Skipped checks count in neither score nor max_score."""
-        return self.status != "skipped"
+        """Skipped checks count in neither score nor max_score, nor do the grader's own faults."""
+        return self.status != "skipped" and self.details.get("fault") != "grader"
 
 
 @dataclass
