@@ -186,9 +186,13 @@ def test_leftover_processes_are_stopped_before_training_and_the_reference_trains
     events: list[str] = []
     original_request, original_train = Sandbox.request, calibration.train_reference
 
+    marker = f"leftover-{token}"
+    spawned: list[set[int]] = []  # the leftovers alive right after each worker start (it spawns one as it loads)
+
     def request(self, op, *args, **kwargs):
         if op == "train":
-            events.append(f"train with {len(_alive_with('leftover-' + token))} leftover(s)")
+            earlier = set().union(*spawned[:-1])  # spawned by the workers of earlier phases
+            events.append(f"train with {len(earlier & set(_alive_with(marker)))} leftover(s) of earlier workers")
         return original_request(self, op, *args, **kwargs)
 
     def train_reference(*args, **kwargs):
@@ -197,7 +201,10 @@ def test_leftover_processes_are_stopped_before_training_and_the_reference_trains
 
     def start(self, _original=Sandbox.start):
         events.append("student code")
-        return _original(self)
+        try:
+            return _original(self)
+        finally:
+            spawned.append(set(_alive_with(marker)))
 
     monkeypatch.setattr(Sandbox, "request", request)
     monkeypatch.setattr(Sandbox, "start", start)
@@ -206,8 +213,11 @@ def test_leftover_processes_are_stopped_before_training_and_the_reference_trains
     report = grade(tmp_path, LEFTOVER.replace("{token}", token), tiny_rubric, easy[0])
     assert report.check("train.accuracy").status == "passed", report.check("train.accuracy").message
     assert events[0] == "reference" and events.count("reference") == 1
-    assert "train with 0 leftover(s)" in events
-    assert not _alive_with("leftover-" + token)
+    assert spawned[0], "the submission's leftover process did not start"
+    # the code checks' worker, then a fresh one for training, with the first one's leftover gone
+    assert events[:4] == ["reference", "student code", "student code", "train with 0 leftover(s) of earlier workers"], \
+        events
+    assert not _alive_with(marker)  # nor after grading
 
 
 def test_a_reference_run_cut_short_is_never_cached_and_is_no_verdict(tmp_path, easy, tiny_rubric, monkeypatch):
