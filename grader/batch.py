@@ -397,6 +397,10 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         if todo and options.preflight:  # raises GraderBroken before any student report is written
             check = require_preflight(worker_limits(rubric, options.accuracy, threads), options.isolation)
             summary.notes.append(check.describe())
+        if todo:  # the pass mark's reference run, trained before any student's code runs (cached after)
+            from grader.checks.training import prepare_reference
+
+            prepare_reference(rubric, options.accuracy, options.data_dir, progress=options.progress)
         faults_in_a_row = [0]
         bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not options.progress, file=sys.stderr)
 

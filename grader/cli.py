@@ -142,8 +142,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if check and check.details.get("images_per_second"):
             print(f"{check.details['images_per_second']:,.0f} images/s on {check.details['device']}")
         return 0 if check and check.status == "passed" else 1
-    accuracy = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)), progress=True)
-    print(f"reference, {spec.mode} recipe on {dataset.name}: test accuracy {accuracy:.1%} ({device})")
+    run = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)), progress=True)
+    print(f"reference, {spec.mode} recipe on {dataset.name}: test accuracy {run.accuracy:.1%} ({device})"
+          + (f"; {run.stopped}" if run.stopped else ""))
     return 0
 
 
@@ -174,13 +175,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from grader.rubric import DEFAULT_RUBRIC
-    from grader.training.calibration import calibrate, write_margin
+    from grader.training.calibration import RecipeRefused, calibrate, write_margin
 
     spec = _accuracy_spec(args)
     device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
     if args.seeds < 2:
         raise UsageError("--seeds must be at least 2: the margin comes from the spread between seeds")
-    result = calibrate(_dataset(args), spec, device, seeds=args.seeds, progress=True)
+    try:
+        result = calibrate(_dataset(args), spec, device, seeds=args.seeds, progress=True)
+    except RecipeRefused as refused:
+        print(f"vitgrade calibrate: refused: {refused}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2))
     print(f"suggested [accuracy.{spec.mode}] margin = {result['suggested_margin']} (current {spec.margin})")
     if args.write:

@@ -10,7 +10,7 @@ from pathlib import Path
 from grader import __version__
 from grader.checks import CHECKS, Check
 from grader.checks.context import CheckFailed, GradingContext, Outcome
-from grader.checks.training import resolve_mode
+from grader.checks.training import prepare_reference, resolve_mode
 from grader.expected import Expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
@@ -149,6 +149,9 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
                                            fingerprint=fingerprint(path, rubric, accuracy), fault="submission"))
     timings = {"intake": time.monotonic() - started}
     options = {"accuracy": accuracy, "data_dir": data_dir}
+    # The reference's run sets the pass mark: train it (or find it cached) while no student code runs.
+    prepare_reference(rubric, accuracy, data_dir, expected)
+    timings["reference"] = time.monotonic() - started - timings["intake"]
     with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads, gpu), isolation=isolation) as sandbox:
         report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings,
                              options, expected)

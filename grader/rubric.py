@@ -91,9 +91,9 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-ACCURACY_KEYS = {"config", "train_images", "test_images", "margin", "floor", "recipe"}
+ACCURACY_KEYS = {"config", "train_images", "test_images", "margin", "floor", "min_lead", "recipe"}
 RECIPE_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "warmup_epochs", "schedule",
-               "augment", "label_smoothing", "val_fraction", "seed", "compile", "compile_mode", "max_seconds",
+               "augment", "label_smoothing", "val_fraction", "seed", "min_steps", "compile", "compile_mode", "max_seconds",
                "attention_images", "cpu_bf16", "mean", "std"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CONFIG_KEYS = {"num_classes", "img_size", "patch_size", "dim_hidden", "num_heads", "dim_feedforward", "num_layers"}
@@ -116,6 +116,7 @@ def _accuracy_mode(spec: Any, where: str) -> dict[str, Any]:
         _require(key in spec, f"{where}.{key}", "missing")
     _number(spec["margin"], f"{where}.margin")
     _number(spec.get("floor", 0.0), f"{where}.floor")
+    _number(spec.get("min_lead", 0.05), f"{where}.min_lead")
     for key in ("train_images", "test_images"):
         if key in spec:
             _number(spec[key], f"{where}.{key}", minimum=1)

@@ -180,7 +180,9 @@ def quick_rubric():
     rubric = copy.deepcopy(load_rubric())
     rubric.points = {"load.code": 1, "load.definitions": 1, "train.accuracy": 10}
     rubric.accuracy["quick"].update(train_images=2000, test_images=400)
-    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "epochs": 4}
+    # The recipe these synthetic runs were sized for (the shipped one adds min_steps for small data).
+    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "epochs": 4, "min_steps": 0,
+                                          "augment": True}
     return rubric
 
 
@@ -227,12 +229,17 @@ def test_calibrate_suggests_a_margin_caches_the_baseline_and_writes_the_rubric(t
     document = tomlkit.parse(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
     quick = document["accuracy"]["quick"]
     quick["train_images"], quick["test_images"] = 600, 200
-    quick["recipe"]["epochs"] = 1
+    # Small enough to train in seconds, still a recipe whose reference clears chance (calibrate refuses others).
+    quick["config"].update(dim_hidden=32, num_heads=2, dim_feedforward=64, num_layers=1)
+    quick["recipe"].update(epochs=1, min_steps=100, batch_size=64, lr=0.004)
     rubric = tmp_path / "rubric.toml"
     rubric.write_text(tomlkit.dumps(document), encoding="utf-8")
     written = tmp_path / "calibrated.toml"
+    from .test_accuracy_integrity import easy_dataset
+
+    easy = data.write_npz(easy_dataset(), tmp_path / "easy" / "easy.npz").parent
     assert main(["calibrate", "--accuracy", "quick", "--seeds", "2", "--rubric", str(rubric),
-                 "--data-dir", str(synthetic[0] / "npz"), "--write", str(written)]) == 0
+                 "--data-dir", str(easy), "--write", str(written)]) == 0
     out = capsys.readouterr().out
     suggested = float(out.split("suggested [accuracy.quick] margin = ")[1].split()[0])
     assert 0.02 <= suggested <= 1 and f"wrote {written}" in out
@@ -242,5 +249,95 @@ def test_calibrate_suggests_a_margin_caches_the_baseline_and_writes_the_rubric(t
     # The recipe seed's accuracy is cached under the key grading with the written rubric looks up.
     spec = AccuracySpec.from_rubric(calibrated.accuracy, "quick")
     cached = json.loads(cache_file().read_text())
-    assert list(cached) == [spec.key(data.find_dataset(synthetic[0] / "npz"), "cpu")]
+    assert list(cached) == [spec.key(data.find_dataset(easy), "cpu")]
     assert main(["calibrate", "--accuracy", "quick", "--seeds", "1", "--rubric", str(rubric)]) == 2
+
+
+# -- real data nobody here made: scikit-learn's UCI digits as a CIFAR-shaped dataset -------------------------
+def digits_dataset() -> data.Dataset:
+    """1,797 8x8 digits (0-16), upscaled to 32x32x3 uint8 and shuffled: 1,400 to train on, 397 to test."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255 / 16)).round().astype(np.uint8)
+    images = np.repeat(np.repeat(images, 4, axis=1), 4, axis=2)[..., None].repeat(3, axis=-1)
+    order = np.random.default_rng(0).permutation(len(images))
+    x, y = images[order], digits.target.astype(np.int64)[order]
+    return data.Dataset(x[:1400], y[:1400], x[1400:], y[1400:], "UCI digits", False)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    pytest.importorskip("sklearn", reason="scikit-learn is a test dependency (pip install .[test])")
+    root = tmp_path_factory.mktemp("digits")
+    data.write_npz(digits_dataset(), root / "digits.npz")
+    return root
+
+
+def _digits_rubric(recipe_changes: dict | None = None):
+    from grader.rubric import load_rubric
+
+    rubric = copy.deepcopy(load_rubric())
+    rubric.points = {"load.code": 1, "load.definitions": 1, "train.accuracy": 10}
+    quick = rubric.accuracy["quick"]
+    # A busy test machine must not cut the reference short (a capped run is no verdict).
+    quick["recipe"] = {**quick["recipe"], "max_seconds": 1200, **(recipe_changes or {})}
+    return rubric
+
+
+@pytest.fixture(scope="module")
+def digits_graded(digits, tmp_path_factory):
+    """The shipped quick recipe on digits: a correct submission and one whose output cannot depend on its
+    input, graded once for the module (the reference trains once, for both, through the cache)."""
+    work = tmp_path_factory.mktemp("digits-graded")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(work / "cache"))
+        reports = {}
+        for name, source in (("correct", HANDOUT_SOURCE), ("constant_output", CONSTANT_OUTPUT)):
+            path = work / f"{name}.py"
+            path.write_text(source, encoding="utf-8")
+            reports[name] = grade_submission(path, rubric=_digits_rubric(), accuracy="quick", data_dir=digits)
+    return reports
+
+
+@pytest.mark.timeout(1200)
+def test_quick_recipe_learns_digits_a_correct_model_passes_clearly_and_a_constant_one_fails(digits_graded):
+    correct = digits_graded["correct"].check("train.accuracy")
+    constant = digits_graded["constant_output"].check("train.accuracy")
+    details = correct.details
+    assert correct.status == "passed", correct.message
+    assert not details["synthetic_data"] and details["train_images"] == 1400 and details["test_images"] == 397
+    assert details["epochs"] > 4  # the recipe's 4 epochs would be 40 steps on 1,260 images: min_steps adds epochs
+    assert details["reference_accuracy"] - details["margin"] >= details["chance"] + details["min_lead"]
+    assert correct.status == "passed", correct.message
+    assert details["accuracy"] >= details["threshold"] + 0.1, correct.message  # a clear margin
+    assert details["accuracy_source"] == "reference"
+    assert constant.status == "failed", constant.message
+    assert constant.details["accuracy"] <= constant.details["chance"] < constant.details["threshold"]
+
+
+@pytest.mark.timeout(600)
+def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuses_it(digits, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """The recipe as it was (4 epochs counted, 40 steps on 1,260 digits): the reference stays near chance."""
+    import tomlkit
+
+    from grader.cli import main
+    from grader.rubric import DEFAULT_RUBRIC
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weak = {"min_steps": 0, "augment": True}
+    report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=_digits_rubric(weak), accuracy="quick",
+                              data_dir=digits)
+    check = report.check("train.accuracy")
+    assert check.status == "error" and check.details["fault"] == "grader", check.message
+    assert "no verdict on your model: the reference itself reaches only" in check.message
+    assert f"chance: {check.details['chance']:.1%}" in check.message
+    assert report.score == report.max_score == 2  # the grader's fault costs no points
+    document = tomlkit.parse(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
+    document["accuracy"]["quick"]["recipe"].update(weak)
+    rubric = tmp_path / "weak.toml"
+    rubric.write_text(tomlkit.dumps(document), encoding="utf-8")
+    assert main(["calibrate", "--accuracy", "quick", "--seeds", "2", "--rubric", str(rubric),
+                 "--data-dir", str(digits)]) == 2
+    assert "refused: the reference itself reaches only" in capsys.readouterr().err

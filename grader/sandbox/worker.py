@@ -273,6 +273,11 @@ class Worker:
         outcome = trainer.train_and_predict(model, arrays, header["recipe"], device=header.get("device", "cpu"))
         return outcome.header, outcome.arrays
 
+    def op_state(self, header, arrays):
+        """The parameters of a built module as raw arrays (the trained weights, for the parent to check)."""
+        obj = self.objects[header["handle"]]
+        return {}, {name: p.detach().cpu().float().numpy() for name, p in obj.named_parameters()}
+
 
 def main() -> None:
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])

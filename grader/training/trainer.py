@@ -134,7 +134,7 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     whose output is the student's).
 
     Recipe keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, warmup_epochs, schedule,
-    augment, label_smoothing, val_fraction, seed, compile, compile_mode, max_seconds, attention_images, cpu_bf16,
+    augment, label_smoothing, val_fraction, seed, min_steps, compile, compile_mode, max_seconds, attention_images, cpu_bf16,
     mean, std.
     """
     dev = torch.device(device)
@@ -159,7 +159,10 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
     notes = []
     batch_size = int(recipe["batch_size"])
     steps_per_epoch = max(1, len(train) // batch_size)
-    epochs = int(recipe["epochs"])
+    # A recipe counts epochs, but learning needs optimizer steps: on a small dataset the same epochs
+    # are too few steps to learn anything (1,400 images x 4 epochs = 40 steps), so `min_steps`
+    # adds epochs until the run takes at least that many steps.
+    epochs = max(int(recipe["epochs"]), math.ceil(int(recipe.get("min_steps", 0)) / steps_per_epoch))
     total_steps = epochs * steps_per_epoch
     warmup = int(float(recipe.get("warmup_epochs", 0)) * steps_per_epoch)
     max_seconds = float(recipe.get("max_seconds", 1e9))
