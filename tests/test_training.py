@@ -180,9 +180,9 @@ def quick_rubric():
     rubric = copy.deepcopy(load_rubric())
     rubric.points = {"load.code": 1, "load.definitions": 1, "train.accuracy": 10}
     rubric.accuracy["quick"].update(train_images=2000, test_images=400)
-    # The recipe these synthetic runs were sized for (the shipped one adds min_steps for small data).
-    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "epochs": 4, "min_steps": 0,
-                                          "augment": True}
+    # The shipped recipe (its min_steps gives 2,000 images the steps to learn), with a cap a busy test
+    # machine cannot hit: a capped reference run is no verdict.
+    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "max_seconds": 1200}
     return rubric
 
 
@@ -201,6 +201,7 @@ def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, na
     report = grade_submission(path, rubric=quick_rubric, accuracy="quick", data_dir=synthetic[0] / "npz")
     check = report.check("train.accuracy")
     details = check.details
+    assert check.status in ("passed", "failed"), check.message
     assert details["synthetic_data"] and details["mode"] == "quick" and details["test_images"] == 400
     assert details["precision"] in ("float32", "bfloat16")
     assert (check.status == "passed") == passes, check.message
