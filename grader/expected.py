@@ -167,7 +167,7 @@ VECTOR_READERS: dict[str, set[str]] = {
     "SelfAttention": {"equiv.self_attention", "equiv.attention_weights", "equiv.encoder_layer", "equiv.vit"},
     "TransformerEncoderLayer": {"equiv.encoder_layer", "equiv.vit"},
     "patches": {"equiv.vit"},
-    "ViT": {"equiv.vit"},
+    "ViT": {"equiv.vit", "props.gradients"},  # props.gradients maps the ViT through equiv.vit's search
 }
 
 
@@ -214,7 +214,7 @@ def record(expected: Expected, path: Path, leave_out: set[str] | frozenset[str] 
                 arrays[f"ViT/stage/layer_outputs/{i}"] = out
         else:
             arrays[f"ViT/stage/{f.name}"] = value
-    challenge = expected.gradient_challenge()
+    challenge = expected.gradient_challenge() if wanted("ViT") else None
     if challenge is not None:
         for name in ("images", "upstream", "logits"):
             arrays[f"ViT/gradient/{name}"] = getattr(challenge, name)

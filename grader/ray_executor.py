@@ -44,7 +44,8 @@ def ray_executor(address: str | None = None, max_retries: int = 2, num_gpus: flo
                 except Exception as exc:  # worker or node lost after every retry
                     report = Report.failure(entry.student_id, str(entry.path),
                                             f"grading task failed on Ray after {max_retries} retries "
-                                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
+                                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+                                            fault="grader")  # the cluster failed, not the submission
                 done(report)
 
     return execute

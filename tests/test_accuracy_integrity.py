@@ -248,5 +248,5 @@ def test_a_reference_run_cut_short_is_never_cached_and_is_no_verdict(tmp_path, e
     assert not cache_file().exists() or spec.key(easy[1], "cpu") not in json.loads(cache_file().read_text())
     report = grade(tmp_path, HANDOUT_SOURCE, rubric, easy[0])
     check = report.check("train.accuracy")
-    assert check.status == "error" and check.details["fault"] == "grader", check.message
+    assert check.status == "error" and check.fault == "grader", check.message
     assert "cut short" in check.message and report.max_score == 2  # not counted as lost points

@@ -235,9 +235,9 @@ def test_a_lookup_table_for_the_bundles_vectors_fails_instructor_grading(tmp_pat
     submissions = tmp_path / "submissions"
     submissions.mkdir()
     (submissions / "lookup.py").write_text(_lookup_table_source(), encoding="utf-8")
-    # Against the fixed vectors (the student bundle's self-check) the table answers: that is the attack.
+    # Against the fixed vectors (the student bundle's self-check) the table answers at the default configuration;
+    # the alternative configuration (every size different) already catches it there too.
     self_check = grade_submission(submissions / "lookup.py", rubric=rubric, accuracy="off", threads=1)
-    assert self_check.check("equiv.vit").status == "passed"
     out = tmp_path / "out"
     grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="off", progress=False, workers=1))
     report_text = (out / "students/lookup/report.json").read_text(encoding="utf-8")

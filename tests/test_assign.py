@@ -310,7 +310,7 @@ def test_self_check_cell_shows_a_table(built, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "IPython", types.ModuleType("IPython"))
     monkeypatch.setitem(sys.modules, "IPython.display", fake)
     report = check_notebook(built / "student/vit_cifar10_en.ipynb")
-    assert shown[0].startswith("markdown: **vit_cifar10_en**") and f"{report.score:g} / {report.max_score:g}" in shown[0]
+    assert shown[0].startswith("markdown: **vit_cifar10_en**") and f"{report.score:g}/{report.max_score:g}" in shown[0]
     table = shown[1].data  # a pandas Styler over one row per check
     assert list(table["check"]) == [c.id for c in report.checks]
     assert "not implemented yet" in table.set_index("check").loc["equiv.self_attention", "message"]

@@ -23,7 +23,7 @@ from grader.sandbox import isolation as isolation_module
 from grader.sandbox.preflight import preflight
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assignments" / "vit_cifar10" / "examples"
-CORRECT = EXAMPLES / "s1002_separate_qkv.py"
+CORRECT = Path(__file__).resolve().parent / "fixtures" / "handout_vit.py"  # the handout's own classes
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 from grader.sandbox import available_levels
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "assignments" / "vit_cifar10" / "examples" / "s1002_separate_qkv.py"
+EXAMPLE = ROOT / "tests" / "fixtures" / "handout_vit.py"  # the handout's own classes: a correct submission
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 NON_ROOT = "vitgrade-ci"

@@ -258,7 +258,7 @@ def test_export_folder_zip_and_cli_usage_errors(graded, tmp_path):
     dest = tmp_path / "feedback.zip"
     # A report graded with another rubric than the bundled one: its visibility is unknown, so refuse.
     path = graded / "students" / "101" / "report.json"
-    path.write_text(path.read_text("utf-8").replace(load_rubric().digest, "0" * 64), "utf-8")
+    path.write_text(path.read_text("utf-8").replace(load_rubric().verdict_digest, "0" * 64), "utf-8")
     refused = subprocess.run([sys.executable, "-m", "grader", "export", "folder", str(graded), "--out", str(dest)],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "pass --rubric" in refused.stderr and not dest.exists()
@@ -492,7 +492,8 @@ def test_student_bundle_carries_no_hidden_check_nor_its_vectors(tmp_path):
 
     path = tmp_path / "course.toml"
     path.write_text(DEFAULT_RUBRIC.read_text("utf-8") + (
-        '\n[visibility]\n"equiv.vit" = "hidden"\n"train.accuracy" = "after_due_date"\n"equiv.fnn" = "visible"\n'
+        '\n[visibility]\n"equiv.vit" = "hidden"\n"props.gradients" = "hidden"\n"train.accuracy" = "after_due_date"\n'
+        '"equiv.fnn" = "visible"\n'
         f'\n[late]\ndeadline = {DEADLINE}\n'), "utf-8")
     bundle = write_bundle(tmp_path / "bundle", path)
     student = load_rubric(bundle / "assignments" / "vit_cifar10" / "rubric.toml")
@@ -503,7 +504,7 @@ def test_student_bundle_carries_no_hidden_check_nor_its_vectors(tmp_path):
     assert "equiv.vit" not in text
     with np.load(bundle / "grader" / "test_vectors.npz", allow_pickle=False) as data:
         names = set(data.files)
-    assert not any(name.startswith(("ViT/", "patches/")) for name in names)  # only equiv.vit reads them
+    assert not any(name.startswith(("ViT/", "patches/")) for name in names)  # only the hidden checks read them
     assert {"FNN/output", "SelfAttention/output", "TransformerEncoderLayer/output"} <= names
     assert VectorExpected(bundle / "grader" / "test_vectors.npz").output("FNN")[0].shape[0] == 2
 
@@ -569,7 +570,7 @@ def test_grade_applies_the_late_policy_end_to_end(tmp_path, code_rubric_file):
     from assignments import assignment_dir
 
     data = tomlkit.parse(code_rubric_file.read_text("utf-8"))
-    for check_id in [k for k in data["points"] if k not in ("load.code", "load.definitions", "static.forbidden")]:
+    for check_id in [k for k in data["points"] if k not in ("load.code", "load.definitions")]:
         del data["points"][check_id]
     rubric = tmp_path / "late.toml"
     rubric.write_text(tomlkit.dumps(data) + f'\n[late]\ndeadline = {DEADLINE}\npenalty_percent = 25\nunit = "day"\n',
@@ -590,10 +591,10 @@ def test_grade_applies_the_late_policy_end_to_end(tmp_path, code_rubric_file):
     assert done.returncode == 0, done.stderr
     assert "1 submission time(s) taken from file times" in done.stdout
     book = pd.read_csv(out / "gradebook.csv", dtype={"student": str}).set_index("student")
-    assert book.loc["101", ["score", "penalty", "final_score"]].tolist() == [8.0, 0.0, 8.0]
-    assert book.loc["102", ["score", "penalty", "final_score"]].tolist() == [8.0, 2.0, 6.0]
+    assert book.loc["101", ["score", "penalty", "final_score"]].tolist() == [4.0, 0.0, 4.0]
+    assert book.loc["102", ["score", "penalty", "final_score"]].tolist() == [4.0, 1.0, 3.0]
     html = (out / "students" / "102" / "report.html").read_text("utf-8")
-    assert "1 day late: -25 %" in html and "final score <strong>6</strong>" in html
+    assert "1 day late: -25 %" in html and "final score <strong>3</strong>" in html
 
 
 @pytest.mark.parametrize(("text", "scrubbed"), [

@@ -331,7 +331,7 @@ def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuse
     report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=_digits_rubric(weak), accuracy="quick",
                               data_dir=digits)
     check = report.check("train.accuracy")
-    assert check.status == "error" and check.details["fault"] == "grader", check.message
+    assert check.status == "error" and check.fault == "grader", check.message
     assert "no verdict on your model: the reference itself reaches only" in check.message
     assert f"chance: {check.details['chance']:.1%}" in check.message
     assert report.score == report.max_score == 2  # the grader's fault costs no points
