@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from assignments import assignment_dir
+
+# The tests never read or write the user's own cache (reference accuracies, data): the session gets a scratch one,
+# which the vitgrade processes the tests start inherit. Tests that need a cache of their own still set theirs.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vitgrade-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = assignment_dir() / "examples"
