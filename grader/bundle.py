@@ -16,7 +16,7 @@ from grader.expected import PACKAGED_VECTORS, record
 
 GRADER = Path(__file__).resolve().parent
 # Modules that compute the solution or need it; the bundle leaves them out.
-INSTRUCTOR_ONLY = ("reference_expected.py", "assign.py", "bundle.py")
+INSTRUCTOR_ONLY = ("reference.py", "assign.py", "handout.py", "bundle.py")
 # Rubric entries that stay with the instructor: the multiple-choice answer key and its check.
 ANSWER_KEYS = (("tasks", "task2_key"), ("points", "task2.choice"))
 
@@ -96,7 +96,7 @@ def write_bundle(dest: Path, rubric_path: Path | None = None) -> Path:
     """Write the pip-installable bundle to `dest` (replacing it) and return `dest`; its rubric comes from
     `rubric_path` (default: the bundled one) without what stays with the instructor."""
     from assignments import PROJECT_ROOT, assignment_dir
-    from grader.reference_expected import ReferenceExpected
+    from grader.expected.reference import ReferenceExpected
 
     if dest.exists():
         shutil.rmtree(dest)

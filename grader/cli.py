@@ -25,7 +25,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from grader.grading import grade_submission
+    from grader.batch.grading import grade_submission
     from grader.render.junit import render_junit
     from grader.render.student import notebook_language, outline
     from grader.render.text import render_table
@@ -54,7 +54,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from grader.batch import BatchOptions, grade_batch
+    from grader.batch.run import BatchOptions, grade_batch
     from grader.sandbox.preflight import GraderBroken
 
     options = BatchOptions(
@@ -66,7 +66,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     )
     try:
         if args.executor == "ray":
-            from grader.ray_executor import ray_executor
+            from grader.batch.ray_executor import ray_executor
 
             gpus = 1.0 if args.accuracy == "full" else 0.0  # one GPU per task when training the full recipe
             summary = grade_batch(args.submissions, options, executor=ray_executor(args.ray_address, num_gpus=gpus))
@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = _dataset(args)
     device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
     if args.submission:
-        from grader.grading import grade_submission
+        from grader.batch.grading import grade_submission
         from grader.rubric import load_rubric
 
         rubric = load_rubric(args.rubric)
@@ -211,8 +211,8 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from grader.batch.grading import worker_limits
     from grader.doctor import diagnose
-    from grader.grading import worker_limits
 
     diagnosis = diagnose(worker_limits(_rubric(args), args.accuracy), args.isolation, args.data_dir)
     print(diagnosis.describe())
@@ -223,7 +223,7 @@ def _now(args: argparse.Namespace):
     """--now (ISO 8601 with an offset) or the current time: when visibility after the deadline is decided."""
     from datetime import datetime, timezone
 
-    from grader.lms.late import LatePolicyError, parse_time
+    from grader.rubric.late import LatePolicyError, parse_time
 
     if not getattr(args, "now", None):
         return datetime.now(timezone.utc)
@@ -287,7 +287,7 @@ def cmd_gradescope(args: argparse.Namespace) -> int:
 
 def _graded_rubric(args: argparse.Namespace):
     """--rubric, else the rubric the graded folder was graded with (kept beside its reports), else the bundled one."""
-    from grader.output import RUBRIC_COPY
+    from grader.batch.output import RUBRIC_COPY
 
     stored = args.graded / RUBRIC_COPY
     if args.rubric is None and stored.is_file():

@@ -54,7 +54,7 @@ class Report:
     error: str = ""
     fingerprint: dict[str, str] = field(default_factory=dict)
     fault: Fault | None = None  # set on `error` reports
-    # The late policy applied (grader/lms/late.py): submitted_at, deadline, late_seconds, penalty,
+    # The late policy applied (grader/rubric/late.py): submitted_at, deadline, late_seconds, penalty,
     # reason... Empty when no policy applies; `score` stays the raw score either way.
     late: dict[str, Any] = field(default_factory=dict)
     grader_version: str = __version__

@@ -28,7 +28,7 @@ def check_notebook(path: str | Path, accuracy: str = "off", lang: str | None = N
     """
     import pandas as pd
 
-    from grader.grading import grade_submission
+    from grader.batch.grading import grade_submission
     from grader.render.student import notebook_language, outline, text
     from grader.render.text import SYMBOLS, points_text, render_table
     from grader.rubric import instructor_only, load_rubric

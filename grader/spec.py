@@ -1,4 +1,5 @@
-"""The assignment's sizes: the ViT's hyper-parameters, the two configurations the checks use, and their inputs.
+"""The assignment's facts: the ViT's hyper-parameters, the two configurations the checks use and their inputs,
+and the checks' ids and titles (report.json's contract; `grader.checks` holds the code that runs them).
 
 Nothing here computes the model, so the student bundle can carry it.
 """
@@ -77,3 +78,43 @@ def shape_table(config: ViTConfig) -> dict[str, tuple[str, ...]]:
         "class_vector": ("B", str(d)),
         "logits": ("B", str(config.num_classes)),
     }
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    id: str
+    title: str
+    needs_worker: bool = True
+    by_person: bool = False  # a `manual` check: a TA gives the points (TA sheet, --manual)
+
+
+# The checks, in report order.
+CHECKS: tuple[CheckInfo, ...] = (
+    CheckInfo("load.code", "Code found and parsed", needs_worker=False),
+    CheckInfo("load.definitions", "Required classes defined and executable"),
+    CheckInfo("load.interface", "Constructor keywords and attn_weights layout as in the handout"),
+    CheckInfo("static.forbidden", "No forbidden modules or APIs", needs_worker=False),
+    CheckInfo("shapes.fnn", "FNN output shape"),
+    CheckInfo("shapes.self_attention", "SelfAttention output and attention-weight shapes"),
+    CheckInfo("shapes.encoder_layer", "TransformerEncoderLayer output shape"),
+    CheckInfo("shapes.vit", "ViT shape at every stage of the handout's table"),
+    CheckInfo("shapes.vit_config", "ViT shapes in a non-default configuration"),
+    CheckInfo("props.attention_softmax", "Attention weights are a softmax over keys"),
+    CheckInfo("props.permutation_equivariance", "SelfAttention is permutation-equivariant"),
+    CheckInfo("props.batch_independence", "Images in a batch do not affect each other"),
+    CheckInfo("props.gradients", "Every parameter receives a gradient"),
+    CheckInfo("props.determinism", "Eval mode is deterministic"),
+    CheckInfo("equiv.fnn", "FNN computes the reference function"),
+    CheckInfo("equiv.self_attention", "SelfAttention computes the reference function"),
+    CheckInfo("equiv.attention_weights", "Stored attention weights match the reference"),
+    CheckInfo("equiv.encoder_layer", "TransformerEncoderLayer computes the reference function"),
+    CheckInfo("equiv.vit", "ViT computes the reference function"),
+    CheckInfo("train.accuracy", "The model learns: test accuracy after training"),
+    CheckInfo("task1.shapes", "課題1: shape at every stage, two configurations", needs_worker=False),
+    CheckInfo("task1.diagram", "課題1: network diagram (graded by a person)", needs_worker=False, by_person=True),
+    CheckInfo("task2.choice", "課題2: Q/K/V multiple choice", needs_worker=False),
+    CheckInfo("task2.explanation", "課題2: explanation (graded by a person)", needs_worker=False, by_person=True),
+    CheckInfo("task3.answer", "課題3: heatmaps and Grad-CAM (graded by a person)", needs_worker=False, by_person=True),
+)
+CHECK_IDS = tuple(c.id for c in CHECKS)
+PERSON_GRADED = frozenset(c.id for c in CHECKS if c.by_person)

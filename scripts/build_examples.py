@@ -19,7 +19,7 @@ import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout, not an installed copy
 from assignments import assignment_dir  # noqa: E402
-from grader.assign import build_notebook  # noqa: E402
+from grader.handout import build_notebook  # noqa: E402
 
 EXAMPLES = assignment_dir() / "examples"
 DIAGRAM_ANSWER = "**Answer to Task 1 (1):** my drawing, with the shape after every step.\n\n![diagram](diagram.png)"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from grader.grading import grade_submission
+from grader.batch.grading import grade_submission
 from grader.training import data
 from grader.training.calibration import AccuracySpec, cache_file, reference_run
 from grader.training.trainer import DeviceData

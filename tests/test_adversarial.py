@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from grader.batch import BatchOptions, grade_batch
+from grader.batch.grading import grade_submission
+from grader.batch.run import BatchOptions, grade_batch
 from grader.expected import challenge_expected
-from grader.grading import grade_submission
 from grader.sandbox import available_levels
 
 from .conftest import HANDOUT_SOURCE, code_rubric

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from grader.batch import CHALLENGES, BatchOptions, grade_batch
+from grader.batch.grading import grade_submission
+from grader.batch.run import CHALLENGES, BatchOptions, grade_batch
 from grader.checks.context import GradingContext
 from grader.checks.static import check_forbidden, find_forbidden
 from grader.expected import inputs
-from grader.grading import grade_submission
 from grader.intake import load_submission
 from grader.rubric import DEFAULT_RUBRIC, RubricError, load_rubric
 
@@ -151,7 +151,7 @@ HARD_CODED_ZEROS = ("    def forward(self, x):\n"
 
 def _lookup_table_source() -> str:
     """A ViT with a read-out bug that answers the bundle's fixed ViT inputs from a table of the right logits."""
-    from grader.reference_expected import ReferenceExpected
+    from grader.expected.reference import ReferenceExpected
 
     logits = ReferenceExpected().vit_stages().logits.tolist()
     key = round(float(inputs("ViT").sum()), 6)

@@ -174,8 +174,8 @@ def test_the_summary_never_reads_a_submission_again(tmp_path, monkeypatch):
     """Item 3: summary.html and the TA sheet come from the reports (and code.txt beside them): a
     submission that breaks reading cannot break them, on this run or any rerun."""
     import grader.intake
-    from grader.batch import Entry, write_student
-    from grader.gradebook import write_summary
+    from grader.batch.gradebook import write_summary
+    from grader.batch.run import Entry, write_student
     from grader.rubric import load_rubric
 
     for student in ("alice", "bob"):
@@ -315,7 +315,7 @@ def test_lms_ids_are_read_where_the_lms_writes_them(name, expected):
 def test_id_collisions_never_overwrite_and_are_reported():
     """Items 8 and 14: two names that sanitise to one id (and a third that is that id plus "-2") keep
     three distinct ids, none taking another's, and each collision is reported."""
-    from grader.batch import assign_ids
+    from grader.batch.run import assign_ids
 
     paths = [Path("a b.py"), Path("a_b.ipynb"), Path("a_b-2.py"), Path("A_B.zip")]
     entries, collisions = assign_ids(paths)
@@ -385,7 +385,7 @@ def test_junit_stays_well_formed_whatever_the_output():
 
 def test_a_report_with_hostile_text_is_written_and_read_back(tmp_path):
     """Item 10: lone surrogates and control characters never stop the writing of a report."""
-    from grader.batch import write_student_safely
+    from grader.batch.run import write_student_safely
 
     assert write_student_safely(tmp_path, _hostile_report(), gradescope=True) is None
     report = load_report(tmp_path / "students" / "mallory" / "report.json")
@@ -395,7 +395,7 @@ def test_a_report_with_hostile_text_is_written_and_read_back(tmp_path):
 
 
 def test_a_report_that_cannot_be_written_becomes_an_error_report(tmp_path, monkeypatch):
-    import grader.output as output
+    import grader.batch.output as output
 
     original = output.render_html
     monkeypatch.setattr(output, "render_html", lambda r: (_ for _ in ()).throw(OSError("disk says no"))

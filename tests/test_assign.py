@@ -10,11 +10,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.assign import LANGUAGES, build_notebook
+from grader.batch.grading import grade_submission
 from grader.bundle import wheel_name
 from grader.cli import main
 from grader.expected import VectorExpected
-from grader.grading import grade_submission
+from grader.handout import LANGUAGES, build_notebook
 from grader.rubric import load_rubric
 
 from .conftest import EXAMPLES
@@ -115,7 +115,7 @@ def test_task1_names_wrong_stages_without_giving_the_answer(tmp_path, built):
 
 def _run_bundle(bundle: Path, submission: Path, tmp_path: Path) -> dict:
     """`vitgrade check` from the bundle in a fresh interpreter where the solution cannot be imported."""
-    script = ("import sys; sys.modules['reference.vit'] = None; sys.modules['grader.reference_expected'] = None; "
+    script = ("import sys; sys.modules['reference.vit'] = None; sys.modules['grader.expected.reference'] = None; "
               f"sys.path.insert(0, {str(bundle)!r}); import grader; "
               f"assert grader.__file__.startswith({str(bundle)!r}), grader.__file__; "
               "from grader.cli import main; sys.exit(main(sys.argv[1:]))")
@@ -128,7 +128,7 @@ def _run_bundle(bundle: Path, submission: Path, tmp_path: Path) -> dict:
 def test_bundle_has_no_solution_code(built):
     bundle = built / "student/vitgrade_student"
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
-    assert "reference/vit.py" not in files and "grader/reference_expected.py" not in files
+    assert "reference/vit.py" not in files and "grader/expected/reference.py" not in files
     assert not any(f.startswith("assignments/vit_cifar10/examples") for f in files)
     solution = build_notebook("en", "solution")
     solution_lines = {line.strip() for c in solution.cells for line in c.source.splitlines()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grader.grading import grade_submission
+from grader.batch.grading import grade_submission
 
 from .conftest import code_rubric
 from .corpus import HANDOUT_POLICY, MUTANTS, variants

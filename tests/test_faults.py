@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tomlkit
 
+from grader.batch.grading import grade_submission
 from grader.checks import CHECKS
 from grader.cli import main
-from grader.grading import grade_submission
 from grader.report import CheckResult, Report
 from grader.rubric import DEFAULT_RUBRIC, load_rubric
 from grader.sandbox import Limits, Sandbox, SandboxError
@@ -164,7 +164,7 @@ def test_course_ci_installs_what_the_course_hands_out_and_says_the_isolation_lev
 
     import grader.assign
     from assignments import assignment_dir
-    from grader.assign import NOTEBOOK_STEM  # noqa: F401 - the bundle's folder name comes from assign()
+    from grader.handout import NOTEBOOK_STEM  # noqa: F401 - the bundle's folder name comes from assign()
 
     workflow = yaml.safe_load((assignment_dir() / "ci" / "vitgrade-check.yml").read_text(encoding="utf-8"))
     runs = "\n".join(str(step.get("run", "")) for step in workflow["jobs"]["check"]["steps"])
@@ -177,8 +177,8 @@ def test_course_ci_installs_what_the_course_hands_out_and_says_the_isolation_lev
 def test_a_batch_stops_after_consecutive_grader_faults_and_regrades_them_next_time(starving_rubric, tmp_path):
     import pandas as pd
 
-    from grader.batch import MAX_GRADER_FAULTS, BatchOptions, Entry, grade_batch, stored_report
-    from grader.grading import fingerprint
+    from grader.batch.grading import fingerprint
+    from grader.batch.run import MAX_GRADER_FAULTS, BatchOptions, Entry, grade_batch, stored_report
     from grader.sandbox.preflight import GraderBroken
 
     folder = tmp_path / "class"

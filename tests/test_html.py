@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.batch import BatchOptions, grade_batch
+from grader.batch.run import BatchOptions, grade_batch
 
 from .conftest import EXAMPLES
 

@@ -250,3 +250,33 @@ def test_decorated_definitions_keep_their_decorators(tmp_path):
     path.write_text("from dataclasses import dataclass\n\n@dataclass\nclass Config:\n    dim: int = 8\n\n"
                     "class FNN:\n    config = Config()\n")
     assert "@dataclass\nclass Config" in load_submission(path).code
+
+
+def test_parse_runs_alone_and_repeats_a_parse_that_met_cpythons_thread_race(monkeypatch):
+    """CPython 3.11's ast.parse can raise SystemError when another thread converts an AST at the same time
+    (python/cpython#106905; it failed a correct submission's static.forbidden in CI): our parse runs with the
+    collector off (no finalizer can hand the GIL to another thread half-way) and repeats a parse that met it."""
+    import ast
+    import gc
+
+    from grader.intake import code
+
+    calls = []
+
+    def racy_parse(source):
+        calls.append(gc.isenabled())
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=39, after=55)")
+        return ast.Module(body=[], type_ignores=[])
+
+    monkeypatch.setattr(code.ast, "parse", racy_parse)
+    assert isinstance(code.parse("x = 1"), ast.Module)
+    assert calls == [False, False] and gc.isenabled()
+
+    def broken_parse(source):
+        raise SystemError("something else")
+
+    monkeypatch.setattr(code.ast, "parse", broken_parse)
+    with pytest.raises(SystemError, match="something else"):
+        code.parse("x = 1")
+    assert gc.isenabled()

@@ -7,8 +7,8 @@ import shlex
 import pytest
 
 from assignments import assignment_dir
+from grader.batch.manual import merge_manual
 from grader.cli import build_parser
-from grader.manual import merge_manual
 from grader.report import CheckResult, Report, load_report, write_atomic
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses the workflow file")

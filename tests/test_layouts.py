@@ -191,7 +191,7 @@ def test_nothing_of_the_grader_is_reachable_through_a_path_alias(place):
                           env=clean_env(python, place)).stdout.strip()
     assert site.startswith(str(alias)) or site.startswith(str(real))
     paths = [f"{base}/{rel}" for base in (site, site.replace(str(alias), str(real)), str(ROOT))
-             for rel in ("reference/vit.py", "assignments/vit_cifar10/rubric.toml", "grader/expected.py")]
+             for rel in ("reference/vit.py", "assignments/vit_cifar10/rubric.toml", "grader/expected/model.py")]
     paths.append(f"{alias}/venv/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages/reference/vit.py")
     code = f"PATHS = {paths!r}\n{PROBE}"
     script = ("import sys\nfrom grader.sandbox import Sandbox\n"

@@ -375,7 +375,7 @@ def test_gradescope_autograder_source_installs_with_pip(tmp_path):
 
 
 def _policy(**table):
-    from grader.lms.late import LatePolicy
+    from grader.rubric.late import LatePolicy
 
     return LatePolicy.from_table({"deadline": datetime.fromisoformat(DEADLINE), **table}, "late")
 
@@ -426,8 +426,8 @@ def test_late_policy_applied_to_a_graded_folder(graded, tmp_path):
     late mark compared with the time used; the gradebook gets raw score, penalty and final score."""
     import os
 
-    from grader.gradebook import gradebook_frame, load_reports
-    from grader.lms.deadlines import FILE_TIME_WARNING, apply_late_policy, read_late_inputs
+    from grader.batch.deadlines import FILE_TIME_WARNING, apply_late_policy, read_late_inputs
+    from grader.batch.gradebook import gradebook_frame, load_reports
 
     rubric = load_rubric(_visibility_rubric(tmp_path))  # 10 % a day, 15 min grace, cap 30 %
     subs = tmp_path / "subs"
@@ -514,7 +514,7 @@ def test_csv_table_round_trips_any_csv_and_reads_it_as_the_csv_module_does(line_
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from grader.lms.csvtable import parse
+    from grader.tables.csvtable import parse
 
     cell = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\tÿ田') + ["\u2028"]), max_size=6)
 

@@ -22,7 +22,7 @@ def test_the_grader_imports_without_the_posix_only_modules():
     # What Windows lacks (resource, fcntl, pwd, grp, termios; torch itself needs ctypes): every module the
     # self-check and the batch import must still import.
     script = ("import sys\nfor name in ('resource', 'fcntl', 'pwd', 'grp', 'termios'):\n    sys.modules[name] = None\n"
-              "import grader.cli, grader.grading, grader.batch, grader.doctor, grader.sandbox.client\n"
+              "import grader.cli, grader.batch.grading, grader.batch.run, grader.doctor, grader.sandbox.client\n"
               "from grader.sandbox.isolation import platform_protections\n"
               "import json; print(json.dumps(platform_protections()))")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

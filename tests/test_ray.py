@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.batch import BatchOptions, Entry, grade_batch, local_executor
+from grader.batch.run import BatchOptions, Entry, grade_batch, local_executor
 from grader.report import Report
 
 from .conftest import EXAMPLES
@@ -46,7 +46,7 @@ def counting(executor, written: list[str]):
 
 
 def test_ray_grades_exactly_like_the_local_pool(cluster, small_class, tmp_path):
-    from grader.ray_executor import ray_executor
+    from grader.batch.ray_executor import ray_executor
 
     results = {}
     for name, executor in (("local", local_executor), ("ray", ray_executor())):
@@ -73,7 +73,7 @@ def flaky_grade(entry: Entry) -> Report:
 
 
 def test_a_killed_task_is_retried_then_reported(cluster, tmp_path):
-    from grader.ray_executor import ray_executor
+    from grader.batch.ray_executor import ray_executor
 
     reports: list[Report] = []
     entries = [Entry("dora", tmp_path / "dora.marker")]

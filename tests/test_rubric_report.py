@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from grader.batch.similarity import similar_pairs
 from grader.report import CheckResult, Report, load_report, write_atomic
 from grader.rubric import DEFAULT_RUBRIC, RubricError, load_rubric
-from grader.similarity import similar_pairs
 
 from .conftest import HANDOUT_SOURCE
 
@@ -132,7 +132,7 @@ def test_self_check_numbers_add_up_to_the_assignment_total_with_and_without_the_
 def test_the_self_check_speaks_the_handout_notebooks_language(tmp_path):
     import nbformat
 
-    from grader.assign import build_notebook
+    from grader.handout import build_notebook
     from grader.render.student import notebook_language
 
     for lang in ("ja", "en"):

@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from grader.batch import BatchOptions, Entry, grade_batch
-from grader.gradebook import write_summary
-from grader.grading import fingerprint
-from grader.manual import apply_scores, load_scores, merge_manual, write_ta_sheet
-from grader.output import student_dir, write_student
+from grader.batch.gradebook import write_summary
+from grader.batch.grading import fingerprint
+from grader.batch.manual import apply_scores, load_scores, merge_manual, write_ta_sheet
+from grader.batch.output import student_dir, write_student
+from grader.batch.run import BatchOptions, Entry, grade_batch
 from grader.report import CheckResult, Report, load_report, write_atomic
 from grader.rubric import DEFAULT_RUBRIC, load_rubric
 

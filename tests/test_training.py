@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from grader.grading import grade_submission
+from grader.batch.grading import grade_submission
 from grader.training import data
 from grader.training.bench import forward_flops
 from grader.training.trainer import DeviceData, train_and_predict

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from grader.intake.naming import safe_id
 from grader.lms.common import ExportError, ExportResult, format_points, graded_reports, why_not_exported
-from grader.lms.csvtable import CsvFormatError, read_table
 from grader.report import Report, write_atomic
+from grader.tables.csvtable import CsvFormatError, read_table
 
 # The columns that identify a student, in the order they are tried against the report's student id:
 # the Canvas user id (what Canvas's submission download puts in file names), then the SIS ids.

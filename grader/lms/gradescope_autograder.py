@@ -180,8 +180,8 @@ def run(root: Path = DEFAULT_ROOT) -> int:
 
 
 def _grade(submission: Path, rubric: Rubric, config: dict) -> Report:
-    from grader.grading import grade_submission, worker_limits
-    from grader.lms.late import file_time
+    from grader.batch.grading import grade_submission, worker_limits
+    from grader.rubric.late import file_time
     from grader.sandbox.preflight import require_preflight
 
     if not submission.is_dir() or not any(submission.iterdir()):

@@ -21,23 +21,22 @@ from datetime import datetime
 from pathlib import Path
 
 from grader.lms.common import ExportError, ExportResult, check_rubric, format_points, graded_reports, why_not_exported
-from grader.lms.csvtable import CsvFormatError, read_table
 from grader.lms.release import student_view, zip_bytes
 from grader.report import Report, write_atomic
 from grader.rubric import Rubric
+from grader.tables.csvtable import CsvFormatError, read_table
+from grader.tables.moodle_worksheet import (
+    CAN_CHANGE,
+    FEEDBACK,
+    FULL_NAME,
+    GRADE,
+    IDENTIFIER,
+    MAXIMUM,
+    MODIFIED_GRADE,
+    participant_id,
+)
 
-IDENTIFIER, GRADE, FULL_NAME, FEEDBACK = "Identifier", "Grade", "Full name", "Feedback comments"
-MAXIMUM = ("Maximum Grade", "Maximum grade")
-MODIFIED_GRADE = "Last modified (grade)"
-CAN_CHANGE = "Grade can be changed"
-SUBMITTED = "Last modified (submission)"
-PARTICIPANT = re.compile(r"^\D*?(\d+)\s*$")  # "Participant 123456" (the word is translated in other languages)
 FEEDBACK_ZIP = "feedback_files.zip"
-
-
-def participant_id(identifier: str) -> str | None:
-    match = PARTICIPANT.match(identifier.strip())
-    return match.group(1) if match else None
 
 
 def feedback_folder(full_name: str, participant: str) -> str:

@@ -9,14 +9,6 @@ import pandas as pd
 from grader.render.figures import pass_rate_png, score_histogram_png
 from grader.render.html import data_uri, render_page
 from grader.report import Report
-from grader.similarity import similar_pairs
-
-
-def _starter_code() -> str:
-    """The code every student received (the student handout's cells), excluded from similarity."""
-    from grader.assign import build_notebook
-
-    return "\n\n".join(c.source for c in build_notebook("en", "student").cells if c.cell_type == "code")
 
 
 def _share(check) -> float:
@@ -25,8 +17,9 @@ def _share(check) -> float:
     return float(check.status == "passed")
 
 
-def render_summary(reports: list[Report], frame: pd.DataFrame, check_ids: list[str], codes: dict[str, str],
-                   problems: list[str]) -> str:
+def render_summary(reports: list[Report], frame: pd.DataFrame, check_ids: list[str],
+                   pairs: list, problems: list[str]) -> str:
+    """The page; `pairs` are the batch's similar submissions (grader.batch.similarity.SimilarPair)."""
     graded = [r for r in reports if r.status == "graded"]
     rates = {}
     for check_id in check_ids:
@@ -41,7 +34,6 @@ def render_summary(reports: list[Report], frame: pd.DataFrame, check_ids: list[s
     slowest = sorted(graded, key=lambda r: -r.timings.get("total", 0.0))[:10]
     statuses = Counter(r.status for r in reports)
     isolation = Counter(r.sandbox.get("isolation", "n/a") for r in graded)
-    pairs = similar_pairs(codes, starter=_starter_code())
     return render_page("summary.html.j2", reports=reports, graded=graded, statuses=statuses, isolation=isolation,
                        pictures=pictures, slowest=slowest, pairs=pairs, rates=rates, problems=problems,
                        mean=(sum(r.score for r in graded) / len(graded)) if graded else 0.0, max_score=max_score,

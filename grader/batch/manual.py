@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from grader.batch.output import student_dir, write_student
 from grader.intake.naming import safe_id
-from grader.output import student_dir, write_student
 from grader.report import CheckResult, Report, load_report, write_atomic
-from grader.spreadsheet import read_text_csv, to_safe_csv
+from grader.spec import PERSON_GRADED
+from grader.tables.spreadsheet import read_text_csv, to_safe_csv
 
 TA_SCORES = "ta_scores.json"
 TA_SHEET = "ta_sheet.csv"
@@ -116,8 +117,6 @@ class MergeResult:
 def read_sheet(csv_path: Path, rubric=None, students: set[str] | None = None) -> tuple[list[SheetRow], list[str]]:
     """The sheet's rows and its problems. With `rubric` and `students`, rows are also checked against
     them (so that `vitgrade grade` refuses a bad sheet before grading anyone)."""
-    from grader.checks import PERSON_GRADED
-
     table = read_text_csv(csv_path, "manual scores")
     missing = set(SHEET_COLUMNS) - set(table.columns)
     if missing:

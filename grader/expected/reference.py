@@ -13,13 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from grader.checks.diagnose import as_tensor
-from grader.expected import (
+from grader.expected.model import (
     GRADIENT_SAMPLES,
     Expected,
     GradientChallenge,
     State,
     ViTStages,
+    as_tensor,
     challenge_id,
     fresh_seeds,
     random_weights,

@@ -2,7 +2,7 @@
 
 The checks ask an `Expected` for the reference's weights, outputs, known-mistake outputs and the
 ViT's stages on fixed inputs. The instructor's install computes them with `reference/`
-(`grader.reference_expected`); the student bundle reads them from a test-vector file made from
+(`grader.expected.reference`); the student bundle reads them from a test-vector file made from
 the same computation (`vitgrade assign`), so it carries numbers, not the solution's code.
 """
 
@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -26,7 +25,7 @@ State = dict[str, np.ndarray]
 # seed + 100 and the gradient challenge seed + 200. Instructor grading draws fresh ones (fresh_seeds).
 SEEDS = {"FNN": 11, "SelfAttention": 12, "TransformerEncoderLayer": 13, "ViT": 14}
 # A test-vector file packaged inside the grader (the student bundle) makes it the default source.
-PACKAGED_VECTORS = Path(__file__).resolve().parent / "test_vectors.npz"
+PACKAGED_VECTORS = Path(__file__).resolve().parent.parent / "test_vectors.npz"
 VECTORS_FORMAT = 2
 GRADIENT_SAMPLES = 16  # coordinates of each reference parameter whose gradient the challenge checks
 FIXED_CHALLENGE = "fixed (the student bundle's test vectors)"
@@ -306,28 +305,6 @@ class VectorExpected(Expected):
         return self.arrays.get(f"alternative/{kind}/output") if self._alternative_ok(kind) else None
 
 
-@functools.lru_cache(maxsize=1)
-def default_expected() -> Expected:
-    """The test vectors named by $VITGRADE_VECTORS or packaged with the grader, else the reference (fixed seeds:
-    a self-check; instructor grading uses `challenge_expected`)."""
-    named = os.environ.get("VITGRADE_VECTORS")
-    if named:
-        return VectorExpected(Path(named))
-    if PACKAGED_VECTORS.is_file():
-        return VectorExpected(PACKAGED_VECTORS)
-    from grader.reference_expected import ReferenceExpected
-
-    return ReferenceExpected()
-
-
-def challenge_expected(secret: int) -> Expected:
-    """Instructor grading: the reference with weights and inputs drawn from a grading run's secret seed.
-
-    The student bundle's vectors are for self-checking only; a submission that recognises them (a lookup
-    table) meets other numbers here. Without the reference (the student bundle) this is an error.
-    """
-    try:
-        from grader.reference_expected import ReferenceExpected
-    except ImportError:
-        raise VectorsError("fresh grading inputs need the reference solution (the instructor's install)") from None
-    return ReferenceExpected(secret)
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the array's memory (made contiguous first: test vectors may be views)."""
+    return torch.from_numpy(np.ascontiguousarray(array))

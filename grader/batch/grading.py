@@ -209,14 +209,11 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
 
 
 def _pictures(training: dict | None) -> dict[str, bytes]:
-    """The training curve and the trained model's attention maps, when training ran."""
     if not training:
         return {}
-    from grader.render.figures import attention_png, training_curve_png
+    from grader.batch.pictures import training_pictures  # matplotlib and the handout's helpers, only when needed
 
-    pictures = {"training.png": training_curve_png(training["history"]),
-                "attention.png": attention_png(training["images"], training["attention"])}
-    return {name: png for name, png in pictures.items() if png}
+    return training_pictures(training)
 
 
 def fingerprint(path: str | Path, rubric: Rubric, accuracy: str, digest: str | None = None) -> dict[str, str]:

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from grader.batch.output import student_dir, write_student
 from grader.intake.naming import safe_id
-from grader.lms.csvtable import CsvFormatError, read_table
-from grader.lms.late import LatePolicyError, extensions, file_time, submitted_times
-from grader.output import student_dir, write_student
 from grader.report import Report, load_report
 from grader.rubric import Rubric
+from grader.rubric.late import LatePolicyError, extensions, file_time, submitted_times
+from grader.tables.csvtable import CsvFormatError, read_table
 
 CANVAS_LATE = re.compile(r"^[^_]+_late_\d+_", re.IGNORECASE)
 MOODLE_TIME_FORMATS = ("%A, %d %B %Y, %I:%M %p", "%A, %d %B %Y, %H:%M")
@@ -30,7 +30,7 @@ FILE_TIME_WARNING = "late policy: submission time taken from the file's modifica
 def moodle_times(worksheet: Path, zone) -> dict[str, datetime]:
     """participant id -> "Last modified (submission)" of Moodle's grading worksheet, read in `zone` (Moodle
     writes the time in the downloading user's time zone without saying which: the rubric's [late] timezone)."""
-    from grader.lms.moodle import IDENTIFIER, SUBMITTED, participant_id
+    from grader.tables.moodle_worksheet import IDENTIFIER, SUBMITTED, participant_id
 
     try:
         table = read_table(worksheet)

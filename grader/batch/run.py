@@ -15,13 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from grader.batch.deadlines import apply_late_policy, read_late_inputs
+from grader.batch.gradebook import read_roster, write_summary
+from grader.batch.grading import fingerprint, grade_submission, rescore, worker_limits
+from grader.batch.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
+from grader.batch.output import RUBRIC_COPY, student_dir, write_student, write_student_safely
 from grader.expected import Expected, VectorsError, challenge_expected, default_expected
-from grader.gradebook import read_roster, write_summary
-from grader.grading import fingerprint, grade_submission, rescore, worker_limits
 from grader.intake.naming import safe_id, student_id_from_name
-from grader.lms.deadlines import apply_late_policy, read_late_inputs
-from grader.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
-from grader.output import RUBRIC_COPY, student_dir, write_student, write_student_safely
 from grader.render.safe import clean_text
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric, RubricError, load_rubric
@@ -48,7 +48,7 @@ class BatchOptions:
     data_dir: Path | None = None
     progress: bool = True
     preflight: bool = True  # a known-good submission through the students' sandbox first
-    # The late policy's inputs (grader/lms/deadlines.py); used when the rubric has a [late] section.
+    # The late policy's inputs (grader/batch/deadlines.py); used when the rubric has a [late] section.
     submitted: Path | None = None
     extensions: Path | None = None
     worksheet: Path | None = None

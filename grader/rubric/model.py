@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from assignments import assignment_dir
-from grader.lms.late import LatePolicy, LatePolicyError
+from grader.rubric.late import LatePolicy, LatePolicyError
+from grader.spec import CHECK_IDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -169,8 +170,6 @@ def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = 
     for key in data:
         _require(key in SECTIONS, f"{path}: [{key}]", f"unknown section (allowed: {', '.join(sorted(SECTIONS))})")
     if known_checks is None:
-        from grader.checks import CHECK_IDS
-
         known_checks = set(CHECK_IDS)
     points = {}
     for check_id, value in data.get("points", {}).items():

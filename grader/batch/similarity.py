@@ -91,3 +91,10 @@ def similar_pairs(codes: dict[str, str], starter: str = "", threshold: float = 0
         if score >= threshold:
             pairs.append(SimilarPair(a, b, round(score, 3), shared))
     return sorted(pairs, key=lambda p: -p.similarity)
+
+
+def starter_code() -> str:
+    """The code every student received (the student handout's cells), excluded from similarity."""
+    from grader.handout import build_notebook
+
+    return "\n\n".join(c.source for c in build_notebook("en", "student").cells if c.cell_type == "code")

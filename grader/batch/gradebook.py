@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from grader.batch.manual import write_ta_sheet
+from grader.batch.output import CODE_NAME, student_dir, write_student
 from grader.intake.naming import safe_id
-from grader.manual import write_ta_sheet
-from grader.output import CODE_NAME, student_dir, write_student
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric
-from grader.spreadsheet import read_text_csv, to_safe_csv
+from grader.tables.spreadsheet import read_text_csv, to_safe_csv
 
 ROSTER_COLUMNS = ("student_id", "id", "student", "sid")
 
@@ -93,8 +93,10 @@ def write_summary(out: Path, entries: list, roster: Path | None, rubric: Rubric,
             codes[entry.student_id] = (student_dir(out, entry.student_id) / CODE_NAME).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
+    from grader.batch.similarity import similar_pairs, starter_code
     from grader.render.summary import render_summary
 
-    write_atomic(out / "summary.html", render_summary(reports, frame, check_ids, codes, problems))
+    pairs = similar_pairs(codes, starter=starter_code())
+    write_atomic(out / "summary.html", render_summary(reports, frame, check_ids, pairs, problems))
     notes = unreadable + write_ta_sheet(out, reports)
     return ClassState(reports=reports, missing=missing, notes=notes)
