@@ -16,10 +16,11 @@ import secrets
 import numpy as np
 import torch
 
-from grader.checks.context import Built, CheckFailed, GradingContext, Outcome
+from grader.checks.context import Built, CheckFailed, GradingContext, Outcome, TrainingPictures
 from grader.checks.mapping import MappingError
 from grader.checks.trained import find_mapping, vit_recipes
 from grader.expected import Expected, default_expected
+from grader.options import RunOptions
 from grader.rubric import Rubric
 from grader.sandbox import SandboxError
 from grader.spec import ViTConfig
@@ -32,15 +33,10 @@ MAPPING_PROBE = 32  # of which the first few pick the weight mapping (a referenc
 MIN_AGREEMENT = 0.9  # share of those on which the trained weights must give the predictions training returned
 
 
-def resolve_mode(requested: str) -> str:
-    """`auto` means full with CUDA and quick without."""
-    if requested == "auto":
-        return "full" if torch.cuda.is_available() else "quick"
-    return requested
-
-
-def _device(mode: str) -> str:
-    return "cuda" if mode == "full" and torch.cuda.is_available() else "cpu"
+def _cuda_missing(options: RunOptions) -> bool:
+    """Whether training is meant for a GPU this machine lacks (the machine that trains decides, not the
+    one that resolved the options: a cluster's driver may have none)."""
+    return options.device == "cuda" and not torch.cuda.is_available()
 
 
 def spec_for(ctx: GradingContext, mode: str) -> AccuracySpec:
@@ -49,35 +45,34 @@ def spec_for(ctx: GradingContext, mode: str) -> AccuracySpec:
     return AccuracySpec.from_rubric(ctx.rubric.accuracy, mode)
 
 
-def prepare_reference(rubric: Rubric, accuracy: str, data_dir: str | None, expected: Expected | None = None,
+def prepare_reference(rubric: Rubric, options: RunOptions, expected: Expected | None = None,
                       progress: bool = False) -> ReferenceRun | None:
     """Train (or find cached) the reference's run that train.accuracy will compare with, before any
     student code runs: a submission's leftover processes must not slow the run that sets the pass mark.
     None when the accuracy check will not train (off, no data, no CUDA for full, no reference)."""
-    mode = resolve_mode(accuracy)
+    mode = options.accuracy
     if not rubric.enabled("train.accuracy") or mode not in rubric.accuracy:
         return None
-    if (mode == "full" and _device(mode) != "cuda") or not (expected or default_expected()).can_train_reference:
+    if _cuda_missing(options) or not (expected or default_expected()).can_train_reference:
         return None
     try:
-        dataset = find_dataset(data_dir)
+        dataset = find_dataset(options.data_dir)
     except DatasetMissing:
         return None
-    return reference_run(dataset, AccuracySpec.from_rubric(rubric.accuracy, mode), _device(mode), progress=progress)
+    return reference_run(dataset, AccuracySpec.from_rubric(rubric.accuracy, mode), options.device, progress=progress)
 
 
 def check_accuracy(ctx: GradingContext) -> Outcome:
-    mode = resolve_mode(ctx.notes.get("accuracy", "auto"))
+    mode, device = ctx.options.accuracy, ctx.options.device
     if mode == "off":
         return Outcome.skipped("accuracy check turned off (--accuracy off)")
-    device = _device(mode)
-    if mode == "full" and device != "cuda":
+    if _cuda_missing(ctx.options):
         return Outcome.skipped("--accuracy full needs a CUDA GPU; use --accuracy quick on a CPU")
     if not ctx.expected.can_train_reference:
         return Outcome.skipped(f"the pass mark comes from training the reference solution, which the "
                                f"{ctx.expected.source} do not contain; the instructor's grading runs this check")
     try:
-        dataset = find_dataset(ctx.notes.get("data_dir"))
+        dataset = find_dataset(ctx.options.data_dir)
     except DatasetMissing as missing:
         return Outcome.skipped(f"no dataset: {missing}")
     spec = spec_for(ctx, mode)
@@ -126,8 +121,7 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
                           f"({None if predictions is None else predictions.shape} for {data.y_test.shape})")
     attention = [reply.arrays[k] for k in sorted((k for k in reply.arrays if k.startswith("attention:")),
                                                  key=lambda k: int(k.split(":")[1]))]
-    ctx.notes["training"] = {"history": info.get("history", []), "attention": attention,
-                             "images": data.x_test[: len(attention[0]) if attention else 0]}
+    ctx.training = TrainingPictures(info.get("history", []), attention, data.x_test[: len(attention[0]) if attention else 0])
     details["returned_accuracy"] = float(np.mean(predictions == data.y_test))  # what the child claims
     try:
         accuracy, how = _judged_accuracy(ctx, spec, data, state, predictions, threshold, device, details)
