@@ -161,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if check and check.details.get("images_per_second"):
             print(f"{check.details['images_per_second']:,.0f} images/s on {check.details['device']}")
         return 0 if check and check.status == "passed" else 1
-    trained = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)), progress=True)
+    trained = train_reference(dataset, spec, device, seed=spec.recipe.seed, progress=True)
     print(f"reference, {spec.mode} recipe on {dataset.name}: test accuracy {trained.accuracy:.1%} ({device})"
           + (f"; {trained.stopped}" if trained.stopped else ""))
     return 0
@@ -325,7 +325,7 @@ def _rubric(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     from grader.options import ACCURACY_CHOICES
-    from grader.rubric import COMPILE_MODES
+    from grader.training.recipe import COMPILE_MODES
 
     parser = argparse.ArgumentParser(prog="vitgrade", description="Autograder for the ViT on CIFAR-10 assignment.")
     parser.add_argument("--version", action="version", version=f"vitgrade {__version__}")

@@ -95,3 +95,50 @@ def test_a_cluster_worker_with_a_gpu_grades_with_the_drivers_resolution(tmp_path
     assert '"accuracy": "quick"' in report  # the driver's resolution, not the worker's
     again = grade_batch([submissions], options(), executor=worker_with_a_gpu)
     assert again.reused == ["ann"] and graded == ["ann"]  # resumed: nobody regraded
+
+
+# The training recipe: one dataclass, validated when the rubric loads.
+
+@pytest.mark.parametrize("edit, words", [
+    (("lr = 0.002,", 'lr = "fast",'), "accuracy.quick.recipe.lr: expected a number > 0, got 'fast'"),
+    (("epochs = 4,", "epochs = 4.5,"), "accuracy.quick.recipe.epochs: expected a whole number >= 1, got 4.5"),
+    (("augment = false,", 'augment = "no",'), "accuracy.quick.recipe.augment: expected true or false"),
+    (('optimizer = "adamw",', 'optimizer = "adam",'), "accuracy.quick.recipe.optimizer: expected one of adamw, sgd"),
+    (("epochs = 4, ", ""), "accuracy.quick.recipe.epochs: missing"),
+    (("seed = 0,", "seed = 0, mean = [0.5, 0.5],"), "accuracy.quick.recipe.mean: expected 3 numbers"),
+])
+def test_a_bad_recipe_is_a_rubric_error_naming_the_key(tmp_path, edit, words):
+    from grader.rubric import DEFAULT_RUBRIC, RubricError, load_rubric
+
+    text = DEFAULT_RUBRIC.read_text(encoding="utf-8")
+    quick = text.index("[accuracy.quick]")
+    assert edit[0] in text[quick:]
+    path = tmp_path / "rubric.toml"
+    path.write_text(text[:quick] + text[quick:].replace(edit[0], edit[1], 1), encoding="utf-8")
+    with pytest.raises(RubricError) as info:
+        load_rubric(path)
+    assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_the_recipe_keeps_the_files_table_for_digests_and_fills_the_rest_from_its_defaults():
+    import tomllib
+
+    from grader.rubric import DEFAULT_RUBRIC, load_rubric
+    from grader.training.recipe import CIFAR_MEAN, TrainingRecipe
+
+    raw = tomllib.loads(DEFAULT_RUBRIC.read_text(encoding="utf-8"))["accuracy"]["quick"]["recipe"]
+    recipe = load_rubric().accuracy["quick"]["recipe"]
+    assert isinstance(recipe, TrainingRecipe) and recipe.table() == raw  # what the verdict digest hashes
+    assert recipe.mean == CIFAR_MEAN and recipe.compile is False and recipe.decay == raw["weight_decay"]
+    changed = dataclasses.replace(recipe, max_seconds=1200)
+    assert changed.table() == {**raw, "max_seconds": 1200}  # a change made in code counts too
+    assert TrainingRecipe(epochs=1, batch_size=8, lr=0.1).decay == 0.05  # AdamW's usual decay
+    assert TrainingRecipe(epochs=1, batch_size=8, lr=0.1, optimizer="sgd").decay == 0.0
+    assert TrainingRecipe.from_table(recipe.settings()) == recipe  # what the sandbox's trainer rebuilds
+
+
+def test_the_trainer_validates_a_plain_dict_before_training():
+    from grader.training.trainer import train_and_predict
+
+    with pytest.raises(ValueError, match=r"recipe\.batch_size: expected a whole number >= 1, got '64'"):
+        train_and_predict(torch.nn.Linear(2, 2), {}, {"epochs": 1, "batch_size": "64", "lr": 0.1})

@@ -26,11 +26,13 @@ from grader.sandbox import SandboxError
 from grader.spec import ViTConfig
 from grader.training.calibration import AccuracySpec, ReferenceRun, chance_rate, no_verdict, reference_run
 from grader.training.data import Dataset, DatasetMissing, find_dataset
-from grader.training.trainer import CIFAR_MEAN, CIFAR_STD, DeviceData, autocast_dtype, predict
+from grader.training.trainer import DeviceData, autocast_dtype, predict
 
 CHALLENGE_IMAGES = 512  # test images the trained model is run on again, outside the training request
 MAPPING_PROBE = 32  # of which the first few pick the weight mapping (a reference forward per candidate)
 MIN_AGREEMENT = 0.9  # share of those on which the trained weights must give the predictions training returned
+# How long the parent waits for a training without a time cap (recipe max_seconds unset), before the margin below.
+UNCAPPED_TRAINING_WAIT = 600
 
 
 def _cuda_missing(options: RunOptions) -> bool:
@@ -95,9 +97,10 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
         # the report model carries it.
         return Outcome("error", f"no verdict on your model: {problem}", {"fault": "grader", **details})
     built = ctx.build("ViT", kwargs=spec.config)
-    timeout = float(spec.recipe.get("max_seconds", 600)) * 1.5 + 120
+    cap = UNCAPPED_TRAINING_WAIT if spec.recipe.max_seconds is None else spec.recipe.max_seconds
+    timeout = float(cap) * 1.5 + 120
     try:
-        reply = ctx.sandbox.request("train", {"handle": built.handle, "recipe": spec.recipe, "device": device},
+        reply = ctx.sandbox.request("train", {"handle": built.handle, "recipe": spec.recipe.settings(), "device": device},
                                     {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test},
                                     timeout=timeout)
         state = _trained_state(ctx, built)
@@ -152,8 +155,7 @@ def _trained_state(ctx: GradingContext, built: Built) -> dict[str, np.ndarray]:
 
 def _normalised(spec: AccuracySpec, images: np.ndarray) -> np.ndarray:
     """Test images as the harness feeds them to the model (the recipe's normalisation), in float64."""
-    stats = {"mean": tuple(spec.recipe.get("mean", CIFAR_MEAN)), "std": tuple(spec.recipe.get("std", CIFAR_STD))}
-    batch = DeviceData(images, torch.device("cpu"), **stats)
+    batch = DeviceData(images, torch.device("cpu"), mean=spec.recipe.mean, std=spec.recipe.std)
     return batch.batch(torch.arange(len(batch)), augment=False).double().numpy()
 
 
@@ -207,10 +209,10 @@ def _judged_accuracy(ctx: GradingContext, spec: AccuracySpec, data: Dataset, sta
     mapped, error = find_mapping(recipes, shapes, state, lambda s: reference_logits(s, x[:probe]), y[:probe], close)
     if mapped is not None and close(reference_logits(mapped.state, x), y)[0]:
         dev = torch.device(device)
-        amp = autocast_dtype(dev, bool(spec.recipe.get("cpu_bf16", True)))
-        stats = {"mean": tuple(spec.recipe.get("mean", CIFAR_MEAN)), "std": tuple(spec.recipe.get("std", CIFAR_STD))}
+        amp = autocast_dtype(dev, spec.recipe.cpu_bf16)
         model = _reference_model(config, mapped.state, torch.float32).to(dev)
-        recomputed = predict(model, DeviceData(data.x_test, dev, **stats), 4 * int(spec.recipe["batch_size"]), amp)
+        test = DeviceData(data.x_test, dev, mean=spec.recipe.mean, std=spec.recipe.std)
+        recomputed = predict(model, test, 4 * spec.recipe.batch_size, amp)
         recomputed = recomputed.argmax(1).cpu().numpy()
         details.update(accuracy_source="reference", mapping=mapped.recipe.description,
                        returned_predictions_agree=float(np.mean(recomputed == predictions)))
