@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,20 +12,18 @@ from grader.checks.mapping import Param, Recipe, parse_params
 from grader.expected import Expected, default_expected
 from grader.intake import Submission
 from grader.options import RunOptions
+from grader.report import CheckStatus
 from grader.rubric import Rubric, Tolerance
 from grader.sandbox import Reply, Sandbox, SandboxError
 
 if TYPE_CHECKING:
     from grader.checks.equivalence import Search
 
-Status = Literal["passed", "failed", "error", "skipped", "manual"]
-
-
 @dataclass
 class Outcome:
     """What a check found; the runner adds id, title and points from the rubric."""
 
-    status: Status
+    status: CheckStatus
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 

@@ -29,9 +29,9 @@ from grader.checks.mapping import (
     vit_recipe,
 )
 from grader.sandbox import Reply
-from grader.spec import ALTERNATIVE, DEFAULT, component_args
+from grader.spec import ALTERNATIVE, DEFAULT, KINDS, component_args
 
-CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
+CLASSES = {name: name for name in KINDS}
 
 
 @dataclass

@@ -9,8 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from grader.intake.budget import MAX_CODE_CHARS, MAX_CODE_LINES, MAX_STATEMENTS, Deadline, IntakeError
+from grader.spec import REQUIRED_CLASSES
 
-REQUIRED_CLASSES = ("ViT", "TransformerEncoderLayer", "SelfAttention", "FNN")
 # CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" when two
 # threads parse at once), and batch grading intakes submissions on several threads.
 _PARSE_LOCK = threading.Lock()
