@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grader import __version__
+
+if TYPE_CHECKING:
+    from grader.options import RunOptions
 
 USAGE_ERROR = 2
 
@@ -16,12 +20,22 @@ class UsageError(Exception):
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
+    from grader.options import ACCURACY_CHOICES
+
     parser.add_argument("--rubric", type=Path, help="rubric TOML (default: the bundled assignments/vit_cifar10/rubric.toml)")
     parser.add_argument("--isolation", choices=["bwrap", "unshare", "none"],
                         help="force a sandbox isolation level (default: the best available)")
-    parser.add_argument("--accuracy", choices=["off", "quick", "full", "auto"], default="auto",
+    parser.add_argument("--accuracy", choices=ACCURACY_CHOICES, default="auto",
                         help="train the model and check its test accuracy (auto: full on CUDA, quick on CPU)")
     parser.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $VITGRADE_DATA or the user cache)")
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """The run's options, resolved once here (`auto` included) and passed down unchanged."""
+    from grader.options import resolve
+
+    return resolve(args.accuracy, isolation=args.isolation, timeout=getattr(args, "timeout", None),
+                   data_dir=args.data_dir, executor=getattr(args, "executor", "local"))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -36,8 +50,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     rubric = _rubric(args)
-    report = grade_submission(path, rubric=rubric, student_id=args.student, isolation=args.isolation,
-                              accuracy=args.accuracy, data_dir=args.data_dir)
+    report = grade_submission(path, _run_options(args), rubric=rubric, student_id=args.student)
     lang = args.lang or notebook_language(path)
     print(render_table(report, lang=lang, outline=outline(report, instructor_only(rubric), lang)))
     if args.json:
@@ -57,18 +70,19 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from grader.batch.run import BatchOptions, grade_batch
     from grader.sandbox.preflight import GraderBroken
 
+    run = _run_options(args)
     options = BatchOptions(
-        out=args.out, rubric=_rubric(args) if args.rubric else None, roster=args.roster, workers=args.workers, accuracy=args.accuracy,
-        timeout=args.timeout, resume=args.resume, manual=args.manual, gradescope=args.gradescope,
-        isolation=args.isolation, id_pattern=args.id_pattern, data_dir=args.data_dir, progress=not args.quiet,
+        out=args.out, run=run, rubric=_rubric(args) if args.rubric else None, roster=args.roster,
+        workers=args.workers, resume=args.resume, manual=args.manual, gradescope=args.gradescope,
+        id_pattern=args.id_pattern, progress=not args.quiet,
         submitted=args.submitted, extensions=args.extensions, worksheet=args.worksheet,
         challenge_seed=args.challenge_seed,
     )
     try:
-        if args.executor == "ray":
+        if run.executor == "ray":
             from grader.batch.ray_executor import ray_executor
 
-            gpus = 1.0 if args.accuracy == "full" else 0.0  # one GPU per task when training the full recipe
+            gpus = 1.0 if run.device == "cuda" else 0.0  # one GPU per task when training the full recipe
             summary = grade_batch(args.submissions, options, executor=ray_executor(args.ray_address, num_gpus=gpus))
         else:
             summary = grade_batch(args.submissions, options)
@@ -102,12 +116,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accuracy_spec(args: argparse.Namespace):
-    from grader.checks.training import resolve_mode
+def _accuracy_spec(args: argparse.Namespace, run: RunOptions):
     from grader.training.calibration import AccuracySpec
 
     rubric = _rubric(args)
-    mode = resolve_mode(args.accuracy)
+    mode = run.accuracy
     if mode not in rubric.accuracy:
         raise UsageError(f"the rubric has no [accuracy.{mode}] section (use --accuracy quick or full)")
     return AccuracySpec.from_rubric(rubric.accuracy, mode)
@@ -122,29 +135,35 @@ def _dataset(args: argparse.Namespace):
         raise UsageError(str(exc)) from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _training_device(run: RunOptions) -> str:
+    """The run's device, or the CPU where it has no GPU (train and calibrate run the full recipe there too)."""
     import torch
 
+    return run.device if run.device != "cuda" or torch.cuda.is_available() else "cpu"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from grader.training.calibration import train_reference
 
-    spec = _accuracy_spec(args)
+    run = _run_options(args)
+    spec = _accuracy_spec(args, run)
     dataset = _dataset(args)
-    device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
+    device = _training_device(run)
     if args.submission:
         from grader.batch.grading import grade_submission
         from grader.rubric import load_rubric
 
         rubric = load_rubric(args.rubric)
         rubric.points = {"load.code": 0, "load.definitions": 0, "train.accuracy": rubric.points.get("train.accuracy", 1)}
-        report = grade_submission(args.submission, rubric=rubric, accuracy=spec.mode, data_dir=args.data_dir)
+        report = grade_submission(args.submission, run, rubric=rubric)
         check = report.check("train.accuracy")
         print(check.message if check else report.error)
         if check and check.details.get("images_per_second"):
             print(f"{check.details['images_per_second']:,.0f} images/s on {check.details['device']}")
         return 0 if check and check.status == "passed" else 1
-    run = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)), progress=True)
-    print(f"reference, {spec.mode} recipe on {dataset.name}: test accuracy {run.accuracy:.1%} ({device})"
-          + (f"; {run.stopped}" if run.stopped else ""))
+    trained = train_reference(dataset, spec, device, seed=spec.recipe.seed, progress=True)
+    print(f"reference, {spec.mode} recipe on {dataset.name}: test accuracy {trained.accuracy:.1%} ({device})"
+          + (f"; {trained.stopped}" if trained.stopped else ""))
     return 0
 
 
@@ -172,13 +191,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from grader.rubric import DEFAULT_RUBRIC
     from grader.training.calibration import RecipeRefused, calibrate, write_margin
 
-    spec = _accuracy_spec(args)
-    device = "cuda" if spec.mode == "full" and torch.cuda.is_available() else "cpu"
+    run = _run_options(args)
+    spec = _accuracy_spec(args, run)
+    device = _training_device(run)
     if args.seeds < 2:
         raise UsageError("--seeds must be at least 2: the margin comes from the spread between seeds")
     try:
@@ -214,7 +232,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from grader.batch.grading import worker_limits
     from grader.doctor import diagnose
 
-    diagnosis = diagnose(worker_limits(_rubric(args), args.accuracy), args.isolation, args.data_dir)
+    run = _run_options(args)
+    diagnosis = diagnose(worker_limits(_rubric(args), run), run.isolation, run.data_dir)
     print(diagnosis.describe())
     return 0 if diagnosis.ok else 1
 
@@ -305,7 +324,8 @@ def _rubric(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from grader.rubric import COMPILE_MODES
+    from grader.options import ACCURACY_CHOICES
+    from grader.training.recipe import COMPILE_MODES
 
     parser = argparse.ArgumentParser(prog="vitgrade", description="Autograder for the ViT on CIFAR-10 assignment.")
     parser.add_argument("--version", action="version", version=f"vitgrade {__version__}")
@@ -426,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "this package, the rubric)")
     gradescope.add_argument("--out", type=Path, required=True, help="the zip to write (autograder.zip)")
     gradescope.add_argument("--rubric", type=Path, help="rubric to grade with (default: the bundled one)")
-    gradescope.add_argument("--accuracy", choices=["off", "quick", "full", "auto"], default="auto",
+    gradescope.add_argument("--accuracy", choices=ACCURACY_CHOICES, default="auto",
                             help="accuracy mode on Gradescope (auto: full with CUDA, quick without)")
     gradescope.add_argument("--timeout", type=float, help="seconds per submission (default: the rubric's)")
     gradescope.set_defaults(func=cmd_gradescope)

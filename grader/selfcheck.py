@@ -29,6 +29,7 @@ def check_notebook(path: str | Path, accuracy: str = "off", lang: str | None = N
     import pandas as pd
 
     from grader.batch.grading import grade_submission
+    from grader.options import resolve
     from grader.render.student import notebook_language, outline, text
     from grader.render.text import SYMBOLS, points_text, render_table
     from grader.rubric import instructor_only, load_rubric
@@ -44,7 +45,7 @@ def check_notebook(path: str | Path, accuracy: str = "off", lang: str | None = N
             path = Path(scratch) / path.name  # the student id comes from the file name, as when submitted
             path.write_text(json.dumps(live, ensure_ascii=False), encoding="utf-8")
         lang = lang or notebook_language(path, live)
-        report = grade_submission(path, rubric=rubric, accuracy=accuracy)
+        report = grade_submission(path, resolve(accuracy), rubric=rubric)
     summary = outline(report, instructor_only(rubric), lang)
     try:
         from IPython.display import Markdown, display

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+# The classes the handout asks for, each built from the ones before it.
 KINDS = ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")
+REQUIRED_CLASSES = KINDS[::-1]  # the same, top-down: the order messages name them in
 
 
 @dataclass(frozen=True)
@@ -65,19 +67,24 @@ def random_input(kind: str, config: ViTConfig, batch: int = 2, seed: int = 1) ->
     return generator.standard_normal((batch, config.num_patches + 1, config.dim_hidden))
 
 
-def shape_table(config: ViTConfig) -> dict[str, tuple[str, ...]]:
-    """Every stage of the handout's shape table for `config`, with B for the batch size (課題1)."""
+def stage_shapes(config: ViTConfig, batch: int | str) -> dict[str, tuple[int | str, ...]]:
+    """Every stage of the handout's shape table for `config`, the batch size being `batch` (a number, or "B")."""
     n, d = config.num_patches, config.dim_hidden
     return {
-        "input": ("B", "3", str(config.img_size), str(config.img_size)),
-        "patches": ("B", str(n), str(config.dim_patch)),
-        "patch_embedding": ("B", str(n), str(d)),
-        "class_token": ("B", str(n + 1), str(d)),
-        "position_embedding": ("B", str(n + 1), str(d)),
-        "encoder": ("B", str(n + 1), str(d)),
-        "class_vector": ("B", str(d)),
-        "logits": ("B", str(config.num_classes)),
+        "input": (batch, 3, config.img_size, config.img_size),
+        "patches": (batch, n, config.dim_patch),
+        "patch_embedding": (batch, n, d),
+        "class_token": (batch, n + 1, d),
+        "position_embedding": (batch, n + 1, d),
+        "encoder": (batch, n + 1, d),
+        "class_vector": (batch, d),
+        "logits": (batch, config.num_classes),
     }
+
+
+def shape_table(config: ViTConfig) -> dict[str, tuple[str, ...]]:
+    """The shape table as 課題1 asks for it: every stage for `config`, with B for the batch size."""
+    return {stage: tuple(map(str, shape)) for stage, shape in stage_shapes(config, "B").items()}
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,13 @@ PACKAGE = "grader"
 # The stages, top first: (module or package, stage, rank). A module may import its own stage and stages of a
 # lower rank only; stages of one rank are siblings and do not import each other.
 STAGES: list[tuple[str, str, int]] = [
-    ("grader.__main__", "entry", 9), ("grader.cli", "entry", 8),
-    ("grader.lms", "lms", 7),
-    *((f"grader.{tool}", "tools", 7) for tool in ("doctor", "bundle", "assign", "selfcheck")),
-    ("grader.batch", "batch", 6),
-    ("grader.checks", "checks", 5),
-    ("grader.training", "training", 4),
-    *((f"grader.{stage}", stage, 3) for stage in ("expected", "sandbox", "intake", "render")),
-    ("grader.rubric", "rubric", 2),
+    ("grader.__main__", "entry", 8), ("grader.cli", "entry", 7),
+    ("grader.lms", "lms", 6),
+    *((f"grader.{tool}", "tools", 6) for tool in ("doctor", "bundle", "assign", "selfcheck")),
+    ("grader.batch", "batch", 5),
+    ("grader.checks", "checks", 4),
+    ("grader.rubric", "rubric", 3),
+    *((f"grader.{stage}", stage, 2) for stage in ("intake", "sandbox", "expected", "training", "render")),
     *((f"grader.{stage}", stage, 1) for stage in ("report", "options", "tables", "handout")),
     ("grader.spec", "spec", 0), ("grader", "grader", 0),
 ]

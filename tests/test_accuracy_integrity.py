@@ -7,6 +7,7 @@ brightness of the image), with the quick check cut down to a few seconds of trai
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -58,8 +59,8 @@ def tiny_rubric():
     quick = rubric.accuracy["quick"]
     quick.update(train_images=600, test_images=TEST_IMAGES, margin=0.1,
                  config={**quick["config"], "dim_hidden": 32, "num_heads": 2, "dim_feedforward": 64, "num_layers": 1})
-    quick["recipe"] = {**quick["recipe"], "epochs": 1, "min_steps": 100, "batch_size": 64, "lr": 0.004, "attention_images": 0,
-                       "max_seconds": 900}  # generous: a busy test machine must not cut the reference short
+    quick["recipe"] = dataclasses.replace(quick["recipe"], epochs=1, min_steps=100, batch_size=64, lr=0.004, attention_images=0,
+                                          max_seconds=900)  # generous: a busy test machine must not cut the reference short
     return rubric
 
 
@@ -241,7 +242,7 @@ def test_a_reference_run_cut_short_is_never_cached_and_is_no_verdict(tmp_path, e
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     rubric = copy.deepcopy(tiny_rubric)
     quick = rubric.accuracy["quick"]
-    quick["recipe"] = {**quick["recipe"], "max_seconds": 0, "epochs": 2, "min_steps": 0}  # stops after one epoch
+    quick["recipe"] = dataclasses.replace(quick["recipe"], max_seconds=0, epochs=2, min_steps=0)  # stops after one epoch
     spec = AccuracySpec.from_rubric(rubric.accuracy, "quick")
     run = reference_run(easy[1], spec, "cpu")
     assert "time budget" in run.stopped and not run.cached

@@ -6,6 +6,7 @@ README's pictures in docs/screenshots/.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -59,7 +60,7 @@ def pages(tmp_path_factory) -> dict[str, Path]:
 
     rubric = load_rubric()
     rubric.accuracy["quick"].update(train_images=600, test_images=100)
-    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "epochs": 1, "batch_size": 100}
+    rubric.accuracy["quick"]["recipe"] = dataclasses.replace(rubric.accuracy["quick"]["recipe"], epochs=1, batch_size=100)
     out = root / "out"
     grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="quick", data_dir=root / "data",
                                             progress=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -182,7 +183,7 @@ def quick_rubric():
     rubric.accuracy["quick"].update(train_images=2000, test_images=400)
     # The shipped recipe (its min_steps gives 2,000 images the steps to learn), with a cap a busy test
     # machine cannot hit: a capped reference run is no verdict.
-    rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "max_seconds": 1200}
+    rubric.accuracy["quick"]["recipe"] = dataclasses.replace(rubric.accuracy["quick"]["recipe"], max_seconds=1200)
     return rubric
 
 
@@ -282,7 +283,7 @@ def _digits_rubric(recipe_changes: dict | None = None):
     rubric.points = {"load.code": 1, "load.definitions": 1, "train.accuracy": 10}
     quick = rubric.accuracy["quick"]
     # A busy test machine must not cut the reference short (a capped run is no verdict).
-    quick["recipe"] = {**quick["recipe"], "max_seconds": 1200, **(recipe_changes or {})}
+    quick["recipe"] = dataclasses.replace(quick["recipe"], max_seconds=1200, **(recipe_changes or {}))
     return rubric
 
 

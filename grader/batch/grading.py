@@ -6,29 +6,27 @@ import platform
 import time
 import traceback
 from pathlib import Path
+from typing import Any, get_args
 
 from grader import __version__
 from grader.checks import CHECKS, Check
-from grader.checks.context import CheckFailed, GradingContext, Outcome
-from grader.checks.training import prepare_reference, resolve_mode
+from grader.checks.context import CheckFailed, GradingContext, Outcome, TrainingPictures
+from grader.checks.training import prepare_reference
 from grader.expected import Expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
+from grader.options import Accuracy, RunOptions, resolve
 from grader.render.safe import clean_report
 from grader.report import CheckResult, Report, answer_picture_files
 from grader.rubric import Rubric, load_rubric
-from grader.sandbox import Isolation, Limits, Sandbox, SandboxError
+from grader.sandbox import Limits, Sandbox, SandboxError
 
 FLOAT64_TROUBLE = ("Double", "Float", "dtype", "scalar type")
 
 
-def worker_limits(rubric: Rubric, accuracy: str, threads: int = 0, gpu: str | None = None) -> Limits:
+def worker_limits(rubric: Rubric, options: RunOptions, threads: int = 0, gpu: str | None = None) -> Limits:
     """The limits every student's worker gets (the preflight runs under the same)."""
-    return _limits(rubric, accuracy, threads, gpu)
-
-
-def _limits(rubric: Rubric, accuracy: str, threads: int, gpu: str | None) -> Limits:
-    cuda = resolve_mode(accuracy) == "full" and rubric.enabled("train.accuracy")
+    cuda = options.device == "cuda" and rubric.enabled("train.accuracy")
     return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3), cuda=cuda, threads=threads, gpu=gpu)
 
 
@@ -46,9 +44,11 @@ def _start(ctx: GradingContext) -> None:
     try:
         ctx.classes = ctx.sandbox.start().get("classes", [])
     except SandboxError as error:
-        key = "grader_fault" if error.fault == "grader" else "load_error"
-        ctx.notes[key] = error.message
-        ctx.notes["load_traceback"] = error.traceback
+        if error.fault == "grader":
+            ctx.worker.grader_fault = error.message
+        else:
+            ctx.worker.load_error = error.message
+        ctx.worker.load_traceback = error.traceback
 
 
 def _needs_float32(ctx: GradingContext) -> str | None:
@@ -79,13 +79,13 @@ def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcom
         return Outcome("error", "not run: the submission used up its time limit "
                                 f"({ctx.rubric.limits['submission_timeout']:.0f} s; "
                                 f"{ctx.sandbox.stats.excused_seconds:.0f} s the grader caused not counted)"), 0.0
-    if "grader_fault" in ctx.notes and check.needs_worker:
-        return grader_fault(f"the sandbox could not run any code: {ctx.notes['grader_fault']}"), 0.0
-    deaths = ctx.notes.get("worker_deaths", 0)
+    if ctx.worker.grader_fault is not None and check.needs_worker:
+        return grader_fault(f"the sandbox could not run any code: {ctx.worker.grader_fault}"), 0.0
+    deaths = ctx.worker.deaths
     if deaths >= MAX_WORKER_DEATHS and check.needs_worker:
         return Outcome("error", f"not run: the submission's worker died {deaths} times (crash, timeout or memory; "
                                 "see the checks above)"), 0.0
-    if check.needs_worker and check.id != "load.definitions" and ("load_error" in ctx.notes or not ctx.classes):
+    if check.needs_worker and check.id != "load.definitions" and (ctx.worker.load_error is not None or not ctx.classes):
         return Outcome.failed("not run: the code could not be loaded (see load.definitions)"), 0.0
     try:
         outcome = check.run(ctx)
@@ -93,9 +93,9 @@ def _outcome(check: Check, ctx: GradingContext, deadline: float) -> tuple[Outcom
         outcome = Outcome.failed(str(failure))
     except SandboxError as error:
         if error.fault == "grader":  # a restart of the worker failed before the code was loaded
-            ctx.notes["grader_fault"] = error.message
+            ctx.worker.grader_fault = error.message
             return grader_fault(error.message, kind=error.kind), time.monotonic() - started
-        ctx.notes["worker_deaths"] = ctx.notes.get("worker_deaths", 0) + error.worker_died
+        ctx.worker.deaths += error.worker_died
         what = {"timeout": "timed out", "memory": "ran out of memory", "crash": "crashed the worker",
                 "protocol": "broke the worker protocol"}.get(error.kind, "raised an exception")
         outcome = Outcome("error", f"the submission {what}: {error.message}", {"kind": error.kind})
@@ -130,15 +130,20 @@ def rescore(report: Report, rubric: Rubric) -> Report:
     return report
 
 
-def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_id: str | None = None,
-                     id_pattern: str | None = None, isolation: Isolation | None = None,
-                     timeout: float | None = None, accuracy: str = "auto", data_dir: str | Path | None = None,
-                     threads: int = 0, gpu: str | None = None, expected: Expected | None = None) -> Report:
+def grade_submission(path: str | Path, options: RunOptions | None = None, *, rubric: Rubric | None = None,
+                     student_id: str | None = None, id_pattern: str | None = None, threads: int = 0,
+                     gpu: str | None = None, expected: Expected | None = None, **settings: Any) -> Report:
     """Grade one submission; always returns a well-formed Report (never raises for bad input).
 
-    `threads` caps the worker's CPU threads (0: torch's default) and `gpu` picks the worker's GPU
-    (CUDA_VISIBLE_DEVICES), for running several at once.
+    `options` are the run's resolved options; a Python caller may give `resolve`'s keywords instead
+    (`accuracy="off"`, `isolation=...`, `timeout=...`, `data_dir=...`). `threads` caps the worker's CPU
+    threads (0: torch's default) and `gpu` picks the worker's GPU (CUDA_VISIBLE_DEVICES), for running
+    several at once.
     """
+    if options is None:
+        options = resolve(**settings)
+    elif settings:
+        raise TypeError(f"grade_submission: give either options or {', '.join(settings)}, not both")
     rubric = rubric or load_rubric()
     started = time.monotonic()
     student = student_id or student_id_from_name(path, id_pattern)
@@ -146,15 +151,15 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
         submission = load_submission(path, student, id_pattern)
     except IntakeError as error:
         return clean_report(Report.failure(student, str(path), str(error), environment=environment(),
-                                           fingerprint=fingerprint(path, rubric, accuracy), fault="submission"))
+                                           fingerprint=fingerprint(path, rubric, options.accuracy), fault="submission"))
     timings = {"intake": time.monotonic() - started}
-    options = {"accuracy": accuracy, "data_dir": data_dir}
     # The reference's run sets the pass mark: train it (or find it cached) while no student code runs.
-    prepare_reference(rubric, accuracy, data_dir, expected)
+    prepare_reference(rubric, options, expected)
     timings["reference"] = time.monotonic() - started - timings["intake"]
-    with Sandbox(submission.code, limits=_limits(rubric, accuracy, threads, gpu), isolation=isolation) as sandbox:
-        report = _run_checks(submission, sandbox, rubric, timeout or rubric.limits["submission_timeout"], timings,
-                             options, expected)
+    limits = worker_limits(rubric, options, threads, gpu)
+    with Sandbox(submission.code, limits=limits, isolation=options.isolation) as sandbox:
+        report = _run_checks(submission, sandbox, rubric, options.timeout or rubric.limits["submission_timeout"],
+                             timings, options, expected)
     timings["total"] = time.monotonic() - started
     report.timings = {k: round(v, 3) for k, v in timings.items()}
     report.code = submission.code
@@ -162,10 +167,9 @@ def grade_submission(path: str | Path, *, rubric: Rubric | None = None, student_
 
 
 def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeout: float,
-                timings: dict[str, float], options: dict, expected: Expected | None) -> Report:
+                timings: dict[str, float], options: RunOptions, expected: Expected | None) -> Report:
     deadline = time.monotonic() + timeout
-    ctx = GradingContext(submission, sandbox, rubric, expected)
-    ctx.notes.update(options)
+    ctx = GradingContext(submission, sandbox, rubric, expected, options)
     warnings = list(submission.warnings)
     started = time.monotonic()
     _start(ctx)
@@ -200,32 +204,35 @@ def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeou
         environment={**environment(), "challenge": ctx.expected.challenge},
         answers=submission.answers,
         output=sandbox.output,
-        fingerprint=fingerprint(Path(submission.path), rubric, ctx.notes.get("accuracy", "auto"), submission.digest),
+        fingerprint=fingerprint(Path(submission.path), rubric, options.accuracy, submission.digest),
     )
-    report.attachments = _pictures(ctx.notes.get("training"))
+    report.attachments = _pictures(ctx.training)
     for tag, pictures in submission.answer_pictures.items():
         report.attachments.update(answer_picture_files(tag, pictures))
     return report
 
 
-def _pictures(training: dict | None) -> dict[str, bytes]:
-    if not training:
+def _pictures(training: TrainingPictures | None) -> dict[str, bytes]:
+    if training is None:
         return {}
     from grader.batch.pictures import training_pictures  # matplotlib and the handout's helpers, only when needed
 
     return training_pictures(training)
 
 
-def fingerprint(path: str | Path, rubric: Rubric, accuracy: str, digest: str | None = None) -> dict[str, str]:
+def fingerprint(path: str | Path, rubric: Rubric, accuracy: Accuracy, digest: str | None = None) -> dict[str, str]:
     """What a report depends on: resume regrades a student when any of it changes, except `points` (the
-    rubric's points alone: resume re-scores the stored report)."""
+    rubric's points alone: resume re-scores the stored report). `accuracy` is the resolved mode
+    (RunOptions.accuracy), the same on the driver and on any machine that grades."""
+    if accuracy not in get_args(Accuracy):
+        raise ValueError(f"fingerprint: accuracy {accuracy!r} is not a resolved mode (see grader.options.resolve)")
     if digest is None:
         try:
             digest = content_digest(Path(path))
         except OSError:
             digest = "unreadable"
     return {"submission": digest, "rubric": rubric.verdict_digest, "points": rubric.points_digest,
-            "grader": __version__, "accuracy": resolve_mode(accuracy)}
+            "grader": __version__, "accuracy": accuracy}
 
 
 def environment() -> dict[str, str]:

@@ -9,16 +9,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from grader.checks.context import TrainingPictures  # noqa: E402
 from grader.render.figures import to_png, training_curve_png  # noqa: E402
 from reference.attention_maps import attention_rollout, cls_attention, handout_heatmap, plot_overlay, upsample  # noqa: E402
 
 
-def training_pictures(training: dict | None) -> dict[str, bytes]:
-    """The training curve and the trained model's attention maps, when training ran."""
-    if not training:
-        return {}
-    pictures = {"training.png": training_curve_png(training["history"]),
-                "attention.png": attention_png(training["images"], training["attention"])}
+def training_pictures(training: TrainingPictures) -> dict[str, bytes]:
+    """The training curve and the trained model's attention maps."""
+    pictures = {"training.png": training_curve_png(training.history),
+                "attention.png": attention_png(training.images, training.attention)}
     return {name: png for name, png in pictures.items() if png}
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,6 +22,7 @@ from grader.batch.manual import Scores, apply_scores, load_scores, merge_manual,
 from grader.batch.output import RUBRIC_COPY, student_dir, write_student, write_student_safely
 from grader.expected import Expected, VectorsError, challenge_expected, default_expected
 from grader.intake.naming import safe_id, student_id_from_name
+from grader.options import RunOptions, resolve
 from grader.render.safe import clean_text
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric, RubricError, load_rubric
@@ -35,17 +36,16 @@ MAX_GRADER_FAULTS = 3  # consecutive reports the grader failed on: stop instead 
 @dataclass
 class BatchOptions:
     out: Path
+    # How each submission is graded, resolved once (grader.options.resolve); None: resolved from the
+    # shorthand keywords at the end of this class.
+    run: RunOptions | None = None
     rubric: Rubric | None = None  # None: the rubric the folder was graded with, else the bundled one
     roster: Path | None = None
     workers: int = 0
-    accuracy: str = "auto"
-    timeout: float | None = None
     resume: bool = True
     manual: Path | None = None
     gradescope: bool = False
-    isolation: str | None = None
     id_pattern: str | None = None
-    data_dir: Path | None = None
     progress: bool = True
     preflight: bool = True  # a known-good submission through the students' sandbox first
     # The late policy's inputs (grader/batch/deadlines.py); used when the rubric has a [late] section.
@@ -54,6 +54,20 @@ class BatchOptions:
     worksheet: Path | None = None
     # The grading run's secret seed for fresh weights and inputs (None: draw one); see grading_expected.
     challenge_seed: int | None = None
+    # A Python caller's shorthand for run=resolve(accuracy=..., ...), when `run` is not given.
+    accuracy: InitVar[str | None] = None
+    timeout: InitVar[float | None] = None
+    isolation: InitVar[str | None] = None
+    data_dir: InitVar[Path | None] = None
+
+    def __post_init__(self, accuracy: str | None, timeout: float | None, isolation: str | None,
+                      data_dir: Path | None) -> None:
+        given = {key: value for key, value in (("accuracy", accuracy), ("timeout", timeout), ("isolation", isolation),
+                                               ("data_dir", data_dir)) if value is not None}
+        if self.run is None:
+            self.run = resolve(**given)
+        elif given:
+            raise TypeError(f"BatchOptions: give either run or {', '.join(given)}, not both")
 
 
 @dataclass(frozen=True)
@@ -273,27 +287,22 @@ def check_inputs(options: BatchOptions, rubric: Rubric, entries: list[Entry]) ->
     load_scores(options.out)
 
 
-def default_workers(accuracy: str) -> int:
+def default_workers(options: RunOptions) -> int:
     """One per GPU when training on GPUs; one per two cores when training on the CPU (training uses
     the threads well); otherwise one per core (the checks are many small requests)."""
     import torch
 
-    from grader.checks.training import resolve_mode
-
-    mode = resolve_mode(accuracy)
-    if mode == "full" and torch.cuda.is_available():
+    if options.device == "cuda" and torch.cuda.is_available():
         return max(1, torch.cuda.device_count())
     cores = os.cpu_count() or 2
-    return max(1, cores // 2) if mode == "quick" else cores
+    return max(1, cores // 2) if options.accuracy == "quick" else cores
 
 
-def gpu_pool(accuracy: str, workers: int) -> queue.Queue | None:
+def gpu_pool(options: RunOptions, workers: int) -> queue.Queue | None:
     """One GPU per concurrent worker when the accuracy check trains on GPUs, else None."""
     import torch
 
-    from grader.checks.training import resolve_mode
-
-    if resolve_mode(accuracy) != "full" or not torch.cuda.is_available():
+    if options.device != "cuda" or not torch.cuda.is_available():
         return None
     pool: queue.Queue = queue.Queue()
     for index in range(torch.cuda.device_count()):
@@ -325,8 +334,8 @@ def _grade_one(entry: Entry, options: BatchOptions, rubric: Rubric, threads: int
                gpus: queue.Queue | None = None, expected: Expected | None = None) -> Report:
     gpu = gpus.get() if gpus is not None else None
     try:
-        return grade_submission(entry.path, rubric=rubric, student_id=entry.student_id, isolation=options.isolation,
-                                timeout=options.timeout, accuracy=options.accuracy, data_dir=options.data_dir,
+        # options.run travels as resolved here: a cluster's worker must not decide `auto` again (see options.py).
+        return grade_submission(entry.path, options.run, rubric=rubric, student_id=entry.student_id,
                                 threads=threads, gpu=gpu, expected=expected)
     except Exception as exc:  # a grader bug is that student's error report; the batch goes on
         return Report.failure(entry.student_id, str(entry.path), f"internal grader error: {type(exc).__name__}: {exc}",
@@ -363,7 +372,7 @@ def _fault_text(report: Report) -> str:
 
 def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = local_executor) -> BatchSummary:
     """Grade every submission under `paths` into options.out; see DESIGN.md for the layout."""
-    out = options.out
+    out, run = options.out, options.run
     rubric, notes = resolve_rubric(out, options.rubric)
     entries, found = discover(paths, options.id_pattern)
     check_inputs(options, rubric, entries)
@@ -377,7 +386,7 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         todo = []
         regraded_for_rubric = 0
         for entry in entries:
-            expected = fingerprint(entry.path, rubric, options.accuracy)
+            expected = fingerprint(entry.path, rubric, run.accuracy)
             state, stored = stored_report(out, entry, expected) if options.resume else ("", None)
             if state == "current":
                 summary.reused.append(entry.student_id)
@@ -392,15 +401,15 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         if regraded_for_rubric:
             summary.notes.append(f"NOTE: {regraded_for_rubric} student(s) are regraded because the rubric changed "
                                  "what it checks since their report")
-        workers = max(1, min(options.workers or default_workers(options.accuracy), max(1, len(todo))))
+        workers = max(1, min(options.workers or default_workers(run), max(1, len(todo))))
         threads = max(1, (os.cpu_count() or 2) // workers)
         if todo and options.preflight:  # raises GraderBroken before any student report is written
-            check = require_preflight(worker_limits(rubric, options.accuracy, threads), options.isolation)
+            check = require_preflight(worker_limits(rubric, run, threads), run.isolation)
             summary.notes.append(check.describe())
         if todo:  # the pass mark's reference run, trained before any student's code runs (cached after)
             from grader.checks.training import prepare_reference
 
-            prepare_reference(rubric, options.accuracy, options.data_dir, progress=options.progress)
+            prepare_reference(rubric, run, progress=options.progress)
         faults_in_a_row = [0]
         bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not options.progress, file=sys.stderr)
 
@@ -420,7 +429,7 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
 
         try:
             # Locally, each worker thread takes a GPU from a pool; a cluster executor assigns its own.
-            gpus = gpu_pool(options.accuracy, workers) if executor is local_executor else None
+            gpus = gpu_pool(run, workers) if executor is local_executor else None
             expected = grading_expected(out, options.challenge_seed, summary.notes) if todo else None
             executor(todo, lambda entry: _grade_one(entry, options, rubric, threads, gpus, expected), done, workers)
         finally:

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from grader.checks.mapping import Param, Recipe, parse_params
 from grader.expected import Expected, default_expected
 from grader.intake import Submission
+from grader.options import RunOptions
+from grader.report import CheckStatus
 from grader.rubric import Rubric, Tolerance
 from grader.sandbox import Reply, Sandbox, SandboxError
-
-Status = Literal["passed", "failed", "error", "skipped", "manual"]
 
 
 @dataclass
 class Outcome:
     """What a check found; the runner adds id, title and points from the rubric."""
 
-    status: Status
+    status: CheckStatus
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -100,16 +100,97 @@ def probe_shape(class_name: str, args: list, kwargs: dict) -> list[int]:
     return [1, 5, int(args[0])] if args else []
 
 
+@dataclass
+class WorkerState:
+    """How the submission's worker fared: what the runner decides which checks may still run from."""
+
+    load_error: str | None = None  # the submission's code raised while loading (load.definitions says so)
+    load_traceback: str = ""
+    # The sandbox failed before the code ran (or a restart did): no worker check can reach a verdict.
+    grader_fault: str | None = None
+    deaths: int = 0  # crashes, timeouts and memory kills so far; grading.MAX_WORKER_DEATHS stops the rest
+
+
+@dataclass
+class Interface:
+    """A class's constructor keywords, as the worker reported them."""
+
+    keywords: list[str]
+    variadic: bool  # takes **kwargs: every handout keyword may be passed as is
+    renames: dict[str, str]  # handout keyword -> the class's synonym for it
+
+
+@dataclass
+class Trial:
+    recipe: Recipe
+    output: Comparison
+    values: dict[str, np.ndarray]
+    y: np.ndarray
+    weights: Comparison | None = None
+
+
+@dataclass
+class Search:
+    """The outcome of trying a component's recipes: the match, or the closest attempt."""
+
+    built: Built
+    trials: list[Trial]
+    state: dict[str, np.ndarray]
+    x: np.ndarray
+
+    @property
+    def match(self) -> Trial | None:
+        return next((t for t in self.trials if t.output.close), None)
+
+    @property
+    def best(self) -> Trial:
+        return self.match or min(self.trials, key=lambda t: t.output.max_abs)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.best.recipe
+
+
+@dataclass
+class EquivalenceFindings:
+    """What the equivalence searches found, kept for the later checks that build on it (gradients, training,
+    the layer and ViT checks reuse the components' mappings instead of searching again)."""
+
+    searches: dict[str, Search] = field(default_factory=dict)  # class -> the mapping search at the default sizes
+    # class -> what differs at the ALTERNATIVE sizes (None: nothing, or not run yet; a key present means
+    # the run started, which also stops a recursion through the layer's own parts).
+    alternative_problems: dict[str, str | None] = field(default_factory=dict)
+    alternative_recipes: dict[str, Recipe] = field(default_factory=dict)  # class -> the mapping at those sizes
+    layer: dict | None = None  # layer_search's result
+    vit: dict | None = None  # vit_search's result
+
+
+@dataclass
+class TrainingPictures:
+    """What train.accuracy leaves for the report's pictures (the training curve and attention maps)."""
+
+    history: list[dict]
+    attention: list[np.ndarray]  # one (B, heads, N, N) array per layer, for the first test images
+    images: np.ndarray  # those test images (uint8, NHWC)
+
+
 class GradingContext:
     """Shared state for one submission's checks. Only the parent holds expected values."""
 
-    def __init__(self, submission: Submission, sandbox: Sandbox, rubric: Rubric, expected: Expected | None = None):
+    def __init__(self, submission: Submission, sandbox: Sandbox, rubric: Rubric, expected: Expected | None = None,
+                 options: RunOptions | None = None):
         self.submission = submission
         self.sandbox = sandbox
         self.rubric = rubric
+        self.options = options or RunOptions()  # the run's resolved options (accuracy mode, data, device)
         self.classes: list[str] = []
         self.recipes: dict[str, Recipe] = {}
-        self.notes: dict[str, Any] = {}
+        self.worker = WorkerState()
+        self.equivalence = EquivalenceFindings()
+        self.training: TrainingPictures | None = None
+        # Per-class and per-module answers of the worker that do not change while it lives.
+        self._interfaces: dict[str, Interface] = {}
+        self._traces: dict[str, list[dict]] = {}
         self._handles = itertools.count()
         self._shared: dict[str, Built] = {}
         self.expected: Expected = expected or default_expected()
@@ -165,13 +246,12 @@ class GradingContext:
         """`kwargs` with each keyword the class lacks replaced by its synonym in the class's signature."""
         if not kwargs:
             return kwargs
-        renames = self.interface(class_name)["renames"]
+        renames = self.interface(class_name).renames
         return {renames.get(k, k): v for k, v in kwargs.items()}
 
-    def interface(self, class_name: str) -> dict:
+    def interface(self, class_name: str) -> Interface:
         """The class's constructor keywords and the handout keywords it spells differently (cached)."""
-        key = f"interface:{class_name}"
-        if key not in self.notes:
+        if class_name not in self._interfaces:
             try:
                 reply = self.request("signature", {"class": class_name})
                 keywords, variadic = reply.header["keywords"], reply.header["variadic"]
@@ -179,9 +259,8 @@ class GradingContext:
                 if error.worker_died:
                     raise
                 keywords, variadic = [], True  # unknown: pass the handout's keywords and let the build say
-            self.notes[key] = {"keywords": keywords, "variadic": variadic,
-                               "renames": {} if variadic else keyword_renames(keywords)}
-        return self.notes[key]
+            self._interfaces[class_name] = Interface(keywords, variadic, {} if variadic else keyword_renames(keywords))
+        return self._interfaces[class_name]
 
     def attention_layout(self, weights: np.ndarray | None, batch: int, heads: int) -> np.ndarray | None:
         """attn_weights in the handout's (B, heads, N, N) layout. A (heads, B, N, N) array, unambiguous when
@@ -192,15 +271,14 @@ class GradingContext:
 
     def trace(self, built: Built, x: np.ndarray, what: str) -> list[dict]:
         """The calls of one forward that use the module's parameters, in order (see mapping.trace_layout)."""
-        key = f"trace:{built.handle}"
-        if key not in self.notes:
+        if built.handle not in self._traces:
             try:
-                self.notes[key] = self.request("trace", {"handle": built.handle}, {"x": x}).header["events"]
+                self._traces[built.handle] = self.request("trace", {"handle": built.handle}, {"x": x}).header["events"]
             except SandboxError as error:
                 if error.worker_died:
                     raise
                 raise CheckFailed(f"{what} raised {describe_error(error)}") from None
-        return self.notes[key]
+        return self._traces[built.handle]
 
     def forward(self, built: Built, x: np.ndarray, what: str, **options: Any) -> Reply:
         """Run forward in the sandbox; a student exception fails the check with `what` in the message."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from grader.checks import diagnose
-from grader.checks.context import Built, CheckFailed, Comparison, GradingContext, Outcome
+from grader.checks.context import Built, CheckFailed, GradingContext, Outcome, Search, Trial
 from grader.checks.mapping import (
     HANDOUT_EPS,
     MappingError,
@@ -29,40 +29,9 @@ from grader.checks.mapping import (
     vit_recipe,
 )
 from grader.sandbox import Reply
-from grader.spec import ALTERNATIVE, DEFAULT, component_args
+from grader.spec import ALTERNATIVE, DEFAULT, KINDS, component_args
 
-CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
-
-
-@dataclass
-class Trial:
-    recipe: Recipe
-    output: Comparison
-    values: dict[str, np.ndarray]
-    y: np.ndarray
-    weights: Comparison | None = None
-
-
-@dataclass
-class Search:
-    """The outcome of trying a component's recipes: the match, or the closest attempt."""
-
-    built: Built
-    trials: list[Trial]
-    state: dict[str, np.ndarray]
-    x: np.ndarray
-
-    @property
-    def match(self) -> Trial | None:
-        return next((t for t in self.trials if t.output.close), None)
-
-    @property
-    def best(self) -> Trial:
-        return self.match or min(self.trials, key=lambda t: t.output.max_abs)
-
-    @property
-    def recipe(self) -> Recipe:
-        return self.best.recipe
+CLASSES = {name: name for name in KINDS}
 
 
 def _try(ctx: GradingContext, built: Built, recipe: Recipe, state, x, what: str, **options):
@@ -79,9 +48,8 @@ def _try(ctx: GradingContext, built: Built, recipe: Recipe, state, x, what: str,
 
 def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
     """Try the candidate recipes for a component until one reproduces the reference (cached)."""
-    key = f"search:{kind}"
-    if key in ctx.notes:
-        return ctx.notes[key]
+    if kind in ctx.equivalence.searches:
+        return ctx.equivalence.searches[kind]
     built = ctx.shared(kind, component_args(kind, DEFAULT))
     state, x = ctx.expected.weights(kind), ctx.expected.inputs(kind)
     expected, extras = ctx.expected.output(kind)
@@ -104,8 +72,8 @@ def _search(ctx: GradingContext, kind: str, recipes_for) -> Search:
             break
     if not trials:
         raise CheckFailed(f"{kind}: none of the {len(recipes)} weight mappings fits its parameters")
-    ctx.notes[key] = Search(built, trials, state, x)
-    return ctx.notes[key]
+    ctx.equivalence.searches[kind] = Search(built, trials, state, x)
+    return ctx.equivalence.searches[kind]
 
 
 def _verdict(ctx: GradingContext, kind: str, search: Search) -> Outcome:
@@ -157,7 +125,7 @@ def _alternative_recipes(ctx: GradingContext, kind: str, built: Built, x: np.nda
         parts = []
         for part in ("SelfAttention", "FNN"):
             alternative_problem(ctx, part, search=None)
-            parts.append(ctx.notes.get(f"alternative-recipe:{part}"))
+            parts.append(ctx.equivalence.alternative_recipes.get(part))
         try:
             if None in parts:
                 raise MappingError("the components have no mapping at these sizes")
@@ -165,7 +133,7 @@ def _alternative_recipes(ctx: GradingContext, kind: str, built: Built, x: np.nda
         except MappingError:
             return traced_layer_recipes(ctx.trace(built, x, "TransformerEncoderLayer forward"), built.params,
                                         ALTERNATIVE, prefer)
-    layer = ctx.notes.get("alternative-recipe:TransformerEncoderLayer")
+    layer = ctx.equivalence.alternative_recipes.get("TransformerEncoderLayer")
     try:
         if layer is None:
             raise MappingError("no layer mapping")
@@ -180,10 +148,10 @@ def alternative_problem(ctx: GradingContext, kind: str, search: Recipe | None) -
     mapping that matched at the default one (rebuilt for these sizes). At the default configuration
     dim_feedforward == dim_hidden, so a swapped or ignored size argument can only show here.
     Returns None when it matches (or the expected values have nothing for it), else what differs."""
-    key = f"alternative:{kind}"
-    if key in ctx.notes:
-        return ctx.notes[key]
-    ctx.notes[key] = None
+    problems = ctx.equivalence.alternative_problems
+    if kind in problems:
+        return problems[kind]
+    problems[kind] = None
     expected, state = ctx.expected.alternative_output(kind), ctx.expected.alternative_weights(kind)
     if expected is None or state is None:
         return None
@@ -193,8 +161,8 @@ def alternative_problem(ctx: GradingContext, kind: str, search: Recipe | None) -
     try:
         recipes = _alternative_recipes(ctx, kind, built, x, search)
     except MappingError as exc:
-        ctx.notes[key] = f"at {_sizes(kind)} (every size different) the weights cannot be mapped: {exc}"
-        return ctx.notes[key]
+        problems[kind] = f"at {_sizes(kind)} (every size different) the weights cannot be mapped: {exc}"
+        return problems[kind]
     if search is not None:
         recipes.sort(key=lambda r: r.description != search.description)
     best = None
@@ -204,19 +172,19 @@ def alternative_problem(ctx: GradingContext, kind: str, search: Recipe | None) -
             continue
         output = ctx.compare(reply.arrays["y"], expected)
         if output.close:
-            ctx.notes[f"alternative-recipe:{kind}"] = recipe
+            ctx.equivalence.alternative_recipes[kind] = recipe
             return None
         best = best if best is not None and best.max_abs <= output.max_abs else output
-        ctx.notes.setdefault(f"alternative-recipe:{kind}", recipe)
+        ctx.equivalence.alternative_recipes.setdefault(kind, recipe)
     error = (best.message or f"max error {best.max_abs:.3g}") if best else "no mapping fits its parameters"
-    ctx.notes[key] = (f"it matches the reference at the default sizes but not at {_sizes(kind)}, where every size "
+    problems[kind] = (f"it matches the reference at the default sizes but not at {_sizes(kind)}, where every size "
                       f"differs ({error}): a size argument is ignored, swapped or hard-coded")
-    return ctx.notes[key]
+    return problems[kind]
 
 
 def _parts_differ(ctx: GradingContext, *kinds: str) -> bool:
     """Whether a part already fails at the ALTERNATIVE configuration (its own check charges for it)."""
-    return any(ctx.notes.get(f"alternative:{kind}") for kind in kinds)
+    return any(ctx.equivalence.alternative_problems.get(kind) for kind in kinds)
 
 
 def fnn_width_problem(ctx: GradingContext) -> str | None:
@@ -336,8 +304,8 @@ def _component_status(ctx: GradingContext) -> tuple[Recipe, Recipe, list[str]]:
 
 
 def layer_search(ctx: GradingContext) -> dict:
-    if "layer" in ctx.notes:
-        return ctx.notes["layer"]
+    if ctx.equivalence.layer is not None:
+        return ctx.equivalence.layer
     attention, fnn, differing = _component_status(ctx)
     built = ctx.shared("TransformerEncoderLayer", component_args("TransformerEncoderLayer", DEFAULT))
     state, x = ctx.expected.weights("TransformerEncoderLayer"), ctx.expected.inputs("TransformerEncoderLayer")
@@ -371,9 +339,9 @@ def layer_search(ctx: GradingContext) -> dict:
                         "placement": placement})
         if results[-1]["output"].close:
             break
-    ctx.notes["layer"] = {"results": results, "differing": differing,
-                          "placement": results[0]["placement"] if results else None}
-    return ctx.notes["layer"]
+    ctx.equivalence.layer = {"results": results, "differing": differing,
+                             "placement": results[0]["placement"] if results else None}
+    return ctx.equivalence.layer
 
 
 def check_encoder_layer(ctx: GradingContext) -> Outcome:
@@ -445,8 +413,8 @@ def matching_vit_recipe(ctx: GradingContext) -> Recipe | None:
 
 
 def vit_search(ctx: GradingContext) -> dict:
-    if "vit" in ctx.notes:
-        return ctx.notes["vit"]
+    if ctx.equivalence.vit is not None:
+        return ctx.equivalence.vit
     try:
         layer = layer_search(ctx)
     except CheckFailed:  # the layer class alone cannot be mapped: the ViT is mapped by its own trace
@@ -473,7 +441,7 @@ def vit_search(ctx: GradingContext) -> dict:
             break
     if first is None:
         raise CheckFailed("ViT: none of the weight mappings fits its parameters")
-    ctx.notes["vit"] = first
+    ctx.equivalence.vit = first
     return first
 
 

@@ -20,10 +20,9 @@ def check_code(ctx: GradingContext) -> Outcome:
 
 
 def check_definitions(ctx: GradingContext) -> Outcome:
-    load_error = ctx.notes.get("load_error")
+    load_error = ctx.worker.load_error
     if load_error:
-        return Outcome.failed(f"running the definitions raised {load_error}",
-                              traceback=ctx.notes.get("load_traceback", ""))
+        return Outcome.failed(f"running the definitions raised {load_error}", traceback=ctx.worker.load_traceback)
     missing = [name for name in REQUIRED_CLASSES if name not in ctx.classes]
     if missing:
         return Outcome.failed(f"missing class{'es' if len(missing) > 1 else ''}: {', '.join(missing)} "
@@ -42,9 +41,9 @@ def check_interface(ctx: GradingContext) -> Outcome:
             continue
         interface = ctx.interface(name)
         for keyword in keywords:
-            if keyword in interface["keywords"] or interface["variadic"]:
+            if keyword in interface.keywords or interface.variadic:
                 continue
-            renamed = interface["renames"].get(keyword)
+            renamed = interface.renames.get(keyword)
             problems.append(f"{name}.__init__ has no keyword {keyword}" + (f"; it has {renamed}" if renamed else ""))
     if "SelfAttention" in ctx.classes:
         kind = "SelfAttention"

@@ -6,7 +6,7 @@ import numpy as np
 
 from grader.checks.context import CheckFailed, GradingContext, Outcome
 from grader.checks.mapping import LINEAR_OWNERS, find_modules
-from grader.spec import ALTERNATIVE, DEFAULT, ViTConfig, component_args, random_input
+from grader.spec import ALTERNATIVE, DEFAULT, ViTConfig, component_args, random_input, stage_shapes
 
 BATCHES = (1, 2)
 
@@ -50,17 +50,22 @@ def check_encoder_layer(ctx: GradingContext) -> Outcome:
     return _component(ctx, "TransformerEncoderLayer")
 
 
+# The stages of the handout's shape table (spec.stage_shapes) that a ViT's module calls show, by the names
+# this check's messages and details give them.
+OBSERVED_STAGES = {
+    "patch split": "patches",
+    "patch embedding": "patch_embedding",
+    "class token + position embedding": "position_embedding",
+    "transformer encoder": "encoder",
+    "class token read-out": "class_vector",
+    "linear head": "logits",
+}
+
+
 def expected_stages(config: ViTConfig, batch: int) -> dict[str, tuple[int, ...]]:
-    """The handout's shape table for a configuration."""
-    n, d = config.num_patches, config.dim_hidden
-    return {
-        "patch split": (batch, n, config.dim_patch),
-        "patch embedding": (batch, n, d),
-        "class token + position embedding": (batch, n + 1, d),
-        "transformer encoder": (batch, n + 1, d),
-        "class token read-out": (batch, d),
-        "linear head": (batch, config.num_classes),
-    }
+    """The observed stages' shapes for a configuration and batch size."""
+    table = stage_shapes(config, batch)
+    return {label: table[stage] for label, stage in OBSERVED_STAGES.items()}
 
 
 def observed_stages(calls: list[dict], modules: list[dict], layer_class: str, output,

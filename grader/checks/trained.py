@@ -26,9 +26,9 @@ from grader.checks.mapping import (
     layer_recipes,
     vit_recipe,
 )
-from grader.spec import ViTConfig
+from grader.spec import KINDS, ViTConfig
 
-CLASSES = {name: name for name in ("FNN", "SelfAttention", "TransformerEncoderLayer", "ViT")}
+CLASSES = {name: name for name in KINDS}
 MAX_MAPPINGS = 256  # candidate weight mappings tried in the parent (each is one small reference forward)
 
 

@@ -16,31 +16,29 @@ import secrets
 import numpy as np
 import torch
 
-from grader.checks.context import Built, CheckFailed, GradingContext, Outcome
+from grader.checks.context import Built, CheckFailed, GradingContext, Outcome, TrainingPictures
 from grader.checks.mapping import MappingError
 from grader.checks.trained import find_mapping, vit_recipes
 from grader.expected import Expected, default_expected
+from grader.options import RunOptions
 from grader.rubric import Rubric
 from grader.sandbox import SandboxError
 from grader.spec import ViTConfig
 from grader.training.calibration import AccuracySpec, ReferenceRun, chance_rate, no_verdict, reference_run
 from grader.training.data import Dataset, DatasetMissing, find_dataset
-from grader.training.trainer import CIFAR_MEAN, CIFAR_STD, DeviceData, autocast_dtype, predict
+from grader.training.trainer import DeviceData, autocast_dtype, predict
 
 CHALLENGE_IMAGES = 512  # test images the trained model is run on again, outside the training request
 MAPPING_PROBE = 32  # of which the first few pick the weight mapping (a reference forward per candidate)
 MIN_AGREEMENT = 0.9  # share of those on which the trained weights must give the predictions training returned
+# How long the parent waits for a training without a time cap (recipe max_seconds unset), before the margin below.
+UNCAPPED_TRAINING_WAIT = 600
 
 
-def resolve_mode(requested: str) -> str:
-    """`auto` means full with CUDA and quick without."""
-    if requested == "auto":
-        return "full" if torch.cuda.is_available() else "quick"
-    return requested
-
-
-def _device(mode: str) -> str:
-    return "cuda" if mode == "full" and torch.cuda.is_available() else "cpu"
+def _cuda_missing(options: RunOptions) -> bool:
+    """Whether training is meant for a GPU this machine lacks (the machine that trains decides, not the
+    one that resolved the options: a cluster's driver may have none)."""
+    return options.device == "cuda" and not torch.cuda.is_available()
 
 
 def spec_for(ctx: GradingContext, mode: str) -> AccuracySpec:
@@ -49,35 +47,34 @@ def spec_for(ctx: GradingContext, mode: str) -> AccuracySpec:
     return AccuracySpec.from_rubric(ctx.rubric.accuracy, mode)
 
 
-def prepare_reference(rubric: Rubric, accuracy: str, data_dir: str | None, expected: Expected | None = None,
+def prepare_reference(rubric: Rubric, options: RunOptions, expected: Expected | None = None,
                       progress: bool = False) -> ReferenceRun | None:
     """Train (or find cached) the reference's run that train.accuracy will compare with, before any
     student code runs: a submission's leftover processes must not slow the run that sets the pass mark.
     None when the accuracy check will not train (off, no data, no CUDA for full, no reference)."""
-    mode = resolve_mode(accuracy)
+    mode = options.accuracy
     if not rubric.enabled("train.accuracy") or mode not in rubric.accuracy:
         return None
-    if (mode == "full" and _device(mode) != "cuda") or not (expected or default_expected()).can_train_reference:
+    if _cuda_missing(options) or not (expected or default_expected()).can_train_reference:
         return None
     try:
-        dataset = find_dataset(data_dir)
+        dataset = find_dataset(options.data_dir)
     except DatasetMissing:
         return None
-    return reference_run(dataset, AccuracySpec.from_rubric(rubric.accuracy, mode), _device(mode), progress=progress)
+    return reference_run(dataset, AccuracySpec.from_rubric(rubric.accuracy, mode), options.device, progress=progress)
 
 
 def check_accuracy(ctx: GradingContext) -> Outcome:
-    mode = resolve_mode(ctx.notes.get("accuracy", "auto"))
+    mode, device = ctx.options.accuracy, ctx.options.device
     if mode == "off":
         return Outcome.skipped("accuracy check turned off (--accuracy off)")
-    device = _device(mode)
-    if mode == "full" and device != "cuda":
+    if _cuda_missing(ctx.options):
         return Outcome.skipped("--accuracy full needs a CUDA GPU; use --accuracy quick on a CPU")
     if not ctx.expected.can_train_reference:
         return Outcome.skipped(f"the pass mark comes from training the reference solution, which the "
                                f"{ctx.expected.source} do not contain; the instructor's grading runs this check")
     try:
-        dataset = find_dataset(ctx.notes.get("data_dir"))
+        dataset = find_dataset(ctx.options.data_dir)
     except DatasetMissing as missing:
         return Outcome.skipped(f"no dataset: {missing}")
     spec = spec_for(ctx, mode)
@@ -100,9 +97,10 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
         # the report model carries it.
         return Outcome("error", f"no verdict on your model: {problem}", {"fault": "grader", **details})
     built = ctx.build("ViT", kwargs=spec.config)
-    timeout = float(spec.recipe.get("max_seconds", 600)) * 1.5 + 120
+    cap = UNCAPPED_TRAINING_WAIT if spec.recipe.max_seconds is None else spec.recipe.max_seconds
+    timeout = float(cap) * 1.5 + 120
     try:
-        reply = ctx.sandbox.request("train", {"handle": built.handle, "recipe": spec.recipe, "device": device},
+        reply = ctx.sandbox.request("train", {"handle": built.handle, "recipe": spec.recipe.settings(), "device": device},
                                     {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test},
                                     timeout=timeout)
         state = _trained_state(ctx, built)
@@ -126,8 +124,7 @@ def check_accuracy(ctx: GradingContext) -> Outcome:
                           f"({None if predictions is None else predictions.shape} for {data.y_test.shape})")
     attention = [reply.arrays[k] for k in sorted((k for k in reply.arrays if k.startswith("attention:")),
                                                  key=lambda k: int(k.split(":")[1]))]
-    ctx.notes["training"] = {"history": info.get("history", []), "attention": attention,
-                             "images": data.x_test[: len(attention[0]) if attention else 0]}
+    ctx.training = TrainingPictures(info.get("history", []), attention, data.x_test[: len(attention[0]) if attention else 0])
     details["returned_accuracy"] = float(np.mean(predictions == data.y_test))  # what the child claims
     try:
         accuracy, how = _judged_accuracy(ctx, spec, data, state, predictions, threshold, device, details)
@@ -158,8 +155,7 @@ def _trained_state(ctx: GradingContext, built: Built) -> dict[str, np.ndarray]:
 
 def _normalised(spec: AccuracySpec, images: np.ndarray) -> np.ndarray:
     """Test images as the harness feeds them to the model (the recipe's normalisation), in float64."""
-    stats = {"mean": tuple(spec.recipe.get("mean", CIFAR_MEAN)), "std": tuple(spec.recipe.get("std", CIFAR_STD))}
-    batch = DeviceData(images, torch.device("cpu"), **stats)
+    batch = DeviceData(images, torch.device("cpu"), mean=spec.recipe.mean, std=spec.recipe.std)
     return batch.batch(torch.arange(len(batch)), augment=False).double().numpy()
 
 
@@ -213,10 +209,10 @@ def _judged_accuracy(ctx: GradingContext, spec: AccuracySpec, data: Dataset, sta
     mapped, error = find_mapping(recipes, shapes, state, lambda s: reference_logits(s, x[:probe]), y[:probe], close)
     if mapped is not None and close(reference_logits(mapped.state, x), y)[0]:
         dev = torch.device(device)
-        amp = autocast_dtype(dev, bool(spec.recipe.get("cpu_bf16", True)))
-        stats = {"mean": tuple(spec.recipe.get("mean", CIFAR_MEAN)), "std": tuple(spec.recipe.get("std", CIFAR_STD))}
+        amp = autocast_dtype(dev, spec.recipe.cpu_bf16)
         model = _reference_model(config, mapped.state, torch.float32).to(dev)
-        recomputed = predict(model, DeviceData(data.x_test, dev, **stats), 4 * int(spec.recipe["batch_size"]), amp)
+        test = DeviceData(data.x_test, dev, mean=spec.recipe.mean, std=spec.recipe.std)
+        recomputed = predict(model, test, 4 * spec.recipe.batch_size, amp)
         recomputed = recomputed.argmax(1).cpu().numpy()
         details.update(accuracy_source="reference", mapping=mapped.recipe.description,
                        returned_predictions_agree=float(np.mean(recomputed == predictions)))

@@ -187,7 +187,7 @@ def record(expected: Expected, path: Path, leave_out: set[str] | frozenset[str] 
         if not all(np.array_equal(a, b) for a, b in zip(random_weights(shapes, gains, SEEDS[kind]).values(),
                                                          expected.weights(kind).values(), strict=True)):
             raise VectorsError(f"the {kind} weights are not reproducible from their layout and seed")
-    for kind in filter(wanted, ("FNN", "SelfAttention", "TransformerEncoderLayer")):
+    for kind in filter(wanted, KINDS[:-1]):  # the components; the ViT's stages follow
         y, extras = expected.output(kind)
         arrays[f"{kind}/output"] = y
         for name, value in extras.items():

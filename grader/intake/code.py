@@ -10,8 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from grader.intake.budget import MAX_CODE_CHARS, MAX_CODE_LINES, MAX_STATEMENTS, Deadline, IntakeError
+from grader.spec import REQUIRED_CLASSES
 
-REQUIRED_CLASSES = ("ViT", "TransformerEncoderLayer", "SelfAttention", "FNN")
 # CPython 3.11's ast.parse is not thread-safe: the counter that guards the AST's depth is shared by all
 # threads, and when another thread converts an AST while ours is half-way ("AST constructor recursion depth
 # mismatch", python/cpython#106905) the parse raises SystemError. A batch intakes and checks submissions on

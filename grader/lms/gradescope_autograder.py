@@ -181,6 +181,7 @@ def run(root: Path = DEFAULT_ROOT) -> int:
 
 def _grade(submission: Path, rubric: Rubric, config: dict) -> Report:
     from grader.batch.grading import grade_submission, worker_limits
+    from grader.options import resolve
     from grader.rubric.late import file_time
     from grader.sandbox.preflight import require_preflight
 
@@ -188,14 +189,15 @@ def _grade(submission: Path, rubric: Rubric, config: dict) -> Report:
         return Report.failure("submission", "submission", "Gradescope delivered no files")
     # The container decides the isolation level: a known-good submission through the same sandbox first
     # (GraderBroken, with the sandbox's own error, ends in a results.json that says the grader failed).
-    checked = require_preflight(worker_limits(rubric, config.get("accuracy", "auto")))
+    # Resolved here, on Gradescope's machine: `auto` is full where its container has a GPU.
+    options = resolve(config.get("accuracy", "auto"), timeout=config.get("timeout"))
+    checked = require_preflight(worker_limits(rubric, options))
     print(f"vitgrade autograder: {checked.describe()}")
     # Grade a copy: student code runs sandboxed, but the folder it came from stays as uploaded.
     with tempfile.TemporaryDirectory(prefix="vitgrade-gs-") as scratch:
         copy = Path(scratch) / "submission"
         shutil.copytree(submission, copy)
-        report = grade_submission(copy, rubric=rubric, student_id="submission", accuracy=config.get("accuracy", "auto"),
-                                  timeout=config.get("timeout"))
+        report = grade_submission(copy, options, rubric=rubric, student_id="submission")
     report.submission = "submission"
     if rubric.late:
         metadata = submission.parent / "submission_metadata.json"

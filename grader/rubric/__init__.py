@@ -1,15 +1,8 @@
-"""The course's rubric: points, tolerances, the training recipe, visibility and the late policy."""
+"""The course's rubric: points, tolerances, forbidden APIs, limits, the training recipe, visibility and the late
+policy."""
 
 from __future__ import annotations
 
-from grader.rubric.model import (
-    COMPILE_MODES,
-    DEFAULT_RUBRIC,
-    Rubric,
-    RubricError,
-    Tolerance,
-    instructor_only,
-    load_rubric,
-)
+from grader.rubric.model import DEFAULT_RUBRIC, Rubric, RubricError, Tolerance, instructor_only, load_rubric
 
-__all__ = ["COMPILE_MODES", "DEFAULT_RUBRIC", "Rubric", "RubricError", "Tolerance", "instructor_only", "load_rubric"]
+__all__ = ["DEFAULT_RUBRIC", "Rubric", "RubricError", "Tolerance", "instructor_only", "load_rubric"]

@@ -12,6 +12,7 @@ from typing import Any
 from assignments import assignment_dir
 from grader.rubric.late import LatePolicy, LatePolicyError
 from grader.spec import CHECK_IDS
+from grader.training.recipe import TrainingRecipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +44,7 @@ class Rubric:
     forbidden_modules: list[str]
     forbidden_apis: list[str]
     limits: dict[str, float]
-    accuracy: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)  # mode -> its table; "recipe" is a TrainingRecipe
     tasks: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # [meta]: name, version, instructor_only (see below)
@@ -61,7 +62,8 @@ class Rubric:
         [meta]. A report whose verdict digest still matches needs no sandbox run, only rescoring."""
         return _digest({"checks": sorted(self.points), "tolerances": {k: asdict(v) for k, v in self.tolerances.items()},
                         "forbidden": [self.forbidden_modules, self.forbidden_apis, self.forbidden_dynamic_code], "limits": self.limits,
-                        "accuracy": self.accuracy, "tasks": self.tasks})
+                        "accuracy": {mode: {**spec, "recipe": spec["recipe"].table()} for mode, spec in self.accuracy.items()},
+                        "tasks": self.tasks})
 
     @property
     def points_digest(self) -> str:
@@ -93,10 +95,6 @@ def _strings(value: Any, where: str) -> list[str]:
 
 
 ACCURACY_KEYS = {"config", "train_images", "test_images", "margin", "floor", "min_lead", "recipe"}
-RECIPE_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "warmup_epochs", "schedule",
-               "augment", "label_smoothing", "val_fraction", "seed", "min_steps", "compile", "compile_mode", "max_seconds",
-               "attention_images", "cpu_bf16", "mean", "std"}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CONFIG_KEYS = {"num_classes", "img_size", "patch_size", "dim_hidden", "num_heads", "dim_feedforward", "num_layers"}
 
 
@@ -122,16 +120,11 @@ def _accuracy_mode(spec: Any, where: str) -> dict[str, Any]:
         if key in spec:
             _number(spec[key], f"{where}.{key}", minimum=1)
     _vit_config(spec.get("config", {}), f"{where}.config")
-    recipe = spec["recipe"]
-    _require(isinstance(recipe, dict), f"{where}.recipe", "expected a table")
-    for key in recipe:
-        _require(key in RECIPE_KEYS, f"{where}.recipe.{key}", f"unknown key (allowed: {', '.join(sorted(RECIPE_KEYS))})")
-    for key in ("epochs", "batch_size", "lr"):
-        _require(key in recipe, f"{where}.recipe.{key}", "missing")
-    if "compile_mode" in recipe:
-        _require(recipe["compile_mode"] in COMPILE_MODES, f"{where}.recipe.compile_mode",
-                 f"must be one of {', '.join(COMPILE_MODES)}")
-    return dict(spec)
+    try:
+        recipe = TrainingRecipe.from_table(spec["recipe"], f"{where}.recipe")
+    except ValueError as exc:
+        raise RubricError(str(exc)) from None
+    return {**spec, "recipe": recipe}
 
 
 TASK2_CHOICES = {"output": ("Q", "K", "V"), "role_of_the_other_two": ("a", "b", "c")}

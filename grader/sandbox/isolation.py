@@ -79,12 +79,13 @@ def choose_level(requested: Isolation | None = None) -> Isolation:
 
 
 def worker_files() -> dict[str, Path]:
-    """The files the sandbox may see from the grader: the worker, its framing and the trainer."""
+    """The files the sandbox may see from the grader: the worker, its framing, the trainer and its recipe."""
     here = Path(__file__).resolve().parent
     return {
         "worker.py": here / "worker.py",
         "wire.py": here / "wire.py",
         "trainer.py": here.parent / "training" / "trainer.py",
+        "recipe.py": here.parent / "training" / "recipe.py",
     }
 
 

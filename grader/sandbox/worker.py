@@ -1,7 +1,7 @@
 """The sandboxed worker: runs student code and answers the parent's requests (child side).
 
 Started as `python -I worker.py IN_FD OUT_FD SITE_DIR...` inside the sandbox. It imports only
-the standard library, numpy, torch and the files bound next to it (`wire.py`, `trainer.py`); it
+the standard library, numpy, torch and the files bound next to it (`wire.py`, `trainer.py`, `recipe.py`); it
 never sees expected outputs, thresholds or labels: the parent computes every verdict.
 """
 

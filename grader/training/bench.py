@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from grader.training.recipe import TrainingRecipe
 from grader.training.trainer import train_and_predict
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for the fraction of peak.
@@ -126,7 +127,9 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
     turn, so drift on a busy machine hits all alike. `fused_attention` runs the harness's model with the
     reference's fused attention path (the same function; a student's model has its own attention, so
     this bounds what the harness could do, it is not what grading gets). `profile` adds the operator table
-    of one more run of the first harness variant (where the time goes). `progress(line)` hears each round."""
+    of one more run of the first harness variant (where the time goes). `progress(line)` hears each round.
+    `recipe` holds the TrainingRecipe settings every variant shares (each sets its batch size, epochs and
+    compilation)."""
     from reference.vit import ViT, set_fused_attention
 
     dev = torch.device(device)
@@ -146,7 +149,7 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
         result.handout.append(speed)
         result.handout_data_share.append(data_share)
 
-    def harness(variant: dict, count: int):
+    def harness(variant: TrainingRecipe, count: int):
         torch.manual_seed(0)
         model = ViT(**config)
         set_fused_attention(model, fused_attention)
@@ -157,8 +160,9 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
     variants = {}
     for batch_size in batch_sizes:
         for mode in compile_modes:
-            variant = {**recipe, "batch_size": batch_size, "compile": mode is not None, "compile_mode": mode or "default",
-                       "epochs": 1, "val_fraction": 0.0, "attention_images": 0}
+            variant = TrainingRecipe.from_table({**recipe, "batch_size": batch_size, "compile": mode is not None,
+                                                 "compile_mode": mode or "default", "epochs": 1, "val_fraction": 0.0,
+                                                 "attention_images": 0}, "bench recipe")
             warm = harness(variant, min(images, 4 * batch_size))  # warm-up: allocator, kernels, compilation
             name = f"batch {batch_size}, {'compile ' + mode if mode else 'eager'}"
             name += ", fused attention" if fused_attention else ""
@@ -175,6 +179,6 @@ def bench(config: dict, images: int, device: str, recipe: dict, batch_sizes: lis
                 f"{name} {runs[-1]:,.0f}" for name, runs in result.harness.items()) + " images/s")
     if profile:
         name, variant = next(iter(variants.items()))
-        table = operator_table(lambda: harness(variant, min(images, 20 * variant["batch_size"])), dev)
+        table = operator_table(lambda: harness(variant, min(images, 20 * variant.batch_size)), dev)
         result.profile = f"where harness {name} spends its time (torch.profiler, top operators by self time):\n{table}"
     return result

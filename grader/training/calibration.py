@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from grader.training.data import Dataset
+from grader.training.recipe import TrainingRecipe
 from grader.training.trainer import autocast_dtype, train_and_predict
 
 
@@ -27,7 +28,7 @@ class AccuracySpec:
     test_images: int | None
     margin: float
     floor: float
-    recipe: dict
+    recipe: TrainingRecipe
     min_lead: float = 0.05
 
     @classmethod
@@ -36,15 +37,16 @@ class AccuracySpec:
         section = accuracy[mode]
         return cls(mode=mode, config=dict(section.get("config", {})), train_images=section.get("train_images"),
                    test_images=section.get("test_images"), margin=float(section["margin"]),
-                   floor=float(section.get("floor", 0.0)), recipe=dict(section["recipe"]),
+                   floor=float(section.get("floor", 0.0)), recipe=section["recipe"],
                    min_lead=float(section.get("min_lead", 0.05)))
 
     def with_margin(self, margin: float) -> AccuracySpec:
         return replace(self, margin=margin)
 
     def key(self, dataset: Dataset, device: str) -> str:
-        precision = str(autocast_dtype(torch.device(device), bool(self.recipe.get("cpu_bf16", True))))
-        blob = json.dumps([dataset.digest, self.config, self.train_images, self.test_images, self.recipe,
+        precision = str(autocast_dtype(torch.device(device), self.recipe.cpu_bf16))
+        # The recipe as its table (recipe.table), so the cached runs of an unchanged rubric stay found.
+        blob = json.dumps([dataset.digest, self.config, self.train_images, self.test_images, self.recipe.table(),
                            torch.device(device).type, precision], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -98,7 +100,7 @@ def train_reference(dataset: Dataset, spec: AccuracySpec, device: str, seed: int
     data = dataset.subset(spec.train_images, spec.test_images)
     model = ViT(**spec.config)
     outcome = train_and_predict(model, {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test},
-                                {**spec.recipe, "seed": seed}, device=device, progress=progress)
+                                replace(spec.recipe, seed=seed), device=device, progress=progress)
     header = outcome.header
     return ReferenceRun(float(np.mean(outcome.arrays["predictions"] == data.y_test)), header["epochs_run"],
                         header["train_seconds"], header["stopped"])
@@ -127,7 +129,7 @@ def reference_run(dataset: Dataset, spec: AccuracySpec, device: str, progress: b
                                 float(entry.get("train_seconds", 0.0)), cached=True)
         if key in _UNCACHED:
             return _UNCACHED[key]
-        run = train_reference(dataset, spec, device, seed=int(spec.recipe.get("seed", 0)), progress=progress)
+        run = train_reference(dataset, spec, device, seed=spec.recipe.seed, progress=progress)
         if run.stopped:
             _UNCACHED[key] = run
             return run
@@ -148,7 +150,7 @@ def calibrate(dataset: Dataset, spec: AccuracySpec, device: str, seeds: int, pro
     """Train the reference with `seeds` seeds (from the recipe's own); the margin a correct model passes with
     every time. The recipe's seed is the one grading compares against: its accuracy is cached for grading.
     Raises RecipeRefused when a run was cut short or the reference does not clear chance by far enough."""
-    first = int(spec.recipe.get("seed", 0))
+    first = spec.recipe.seed
     chance = chance_rate(dataset.subset(spec.train_images, spec.test_images).y_test)
     baseline = reference_run(dataset, spec, device, progress)
     runs = [baseline] + [train_reference(dataset, spec, device, first + i, progress) for i in range(1, seeds)]

@@ -4,7 +4,8 @@ The whole dataset lives on the device as one uint8 tensor; augmentation (random 
 padding, horizontal flip) and normalisation run on the device; large batches; autocast (bf16 where
 supported, fp16 with a gradient scaler otherwise on CUDA, fp32 on CPU); optional torch.compile with
 an eager fallback; evaluation in large batches. This file is also copied into the sandbox, so it
-imports only torch, numpy and the standard library. It never receives test labels.
+imports only torch, numpy, the standard library and recipe.py (copied beside it). It never receives
+test labels.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+if __package__:  # grader.training.trainer, in the parent
+    from grader.training.recipe import CIFAR_MEAN, CIFAR_STD, TrainingRecipe
+else:  # the sandbox's copy, beside its copy of recipe.py (the grader package is not importable there)
+    from recipe import CIFAR_MEAN, CIFAR_STD, TrainingRecipe
 
 
 @dataclass
@@ -40,7 +43,7 @@ def cpu_has_bf16_units() -> bool:
 
 def autocast_dtype(device: torch.device, cpu_bf16: bool = True) -> torch.dtype | None:
     """bf16 where the GPU supports it, fp16 otherwise on CUDA. On the CPU, fp32, except bf16 on CPUs
-    with native bf16 units (about 1.6x faster for the quick recipe there); recipe key cpu_bf16=false
+    with native bf16 units (about 1.6x faster for the quick recipe there); the recipe's cpu_bf16=false
     turns that off."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -92,22 +95,21 @@ def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> flo
     return base
 
 
-def make_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: TrainingRecipe) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.get("optimizer", "adamw") == "sgd":
-        return torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe.get("momentum", 0.0),
-                               weight_decay=recipe.get("weight_decay", 0.0))
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.decay)
     # The fused CUDA kernel updates every parameter in a few launches instead of several per tensor.
     fused = bool(params) and all(p.is_cuda for p in params)
-    return torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.05), fused=fused)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.decay, fused=fused)
 
 
 def training_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler, amp: torch.dtype | None, recipe: dict) -> torch.Tensor:
+                  scaler: torch.amp.GradScaler, amp: torch.dtype | None, recipe: TrainingRecipe) -> torch.Tensor:
     """One optimisation step; returns the detached loss (no synchronisation with the device)."""
     with torch.autocast(inputs.device.type, dtype=amp, enabled=amp is not None):
         logits = model(inputs)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=float(recipe.get("label_smoothing", 0.0)))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=float(recipe.label_smoothing))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -126,46 +128,44 @@ def predict(model: nn.Module, data: DeviceData, batch_size: int, amp: torch.dtyp
     return torch.cat(out)
 
 
-def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str = "cpu",
+def train_and_predict(model: nn.Module, arrays: dict, recipe: TrainingRecipe | dict, device: str = "cpu",
                       progress: bool = False) -> TrainOutcome:
     """Train `model` on arrays x_train/y_train (uint8 NHWC, int) and predict classes of x_test.
 
-    `progress` shows a tqdm bar with each epoch's loss, accuracy and images/s (never in the sandbox,
-    whose output is the student's).
-
-    Recipe keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, warmup_epochs, schedule,
-    augment, label_smoothing, val_fraction, seed, min_steps, compile, compile_mode, max_seconds, attention_images, cpu_bf16,
-    mean, std.
+    `recipe` is a TrainingRecipe, or a dict of its settings (validated the same way; ValueError names
+    a bad key). `progress` shows a tqdm bar with each epoch's loss, accuracy and images/s (never in the
+    sandbox, whose output is the student's).
     """
+    recipe = TrainingRecipe.from_table(recipe)
     dev = torch.device(device)
-    torch.manual_seed(int(recipe.get("seed", 0)))
-    generator = torch.Generator(device=dev).manual_seed(int(recipe.get("seed", 0)))
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator(device=dev).manual_seed(recipe.seed)
     model = model.to(device=dev, dtype=torch.float32)
     x_all, y_all = arrays["x_train"], torch.from_numpy(arrays["y_train"].astype(np.int64)).to(dev)
-    n_val = int(len(x_all) * float(recipe.get("val_fraction", 0.1)))
-    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(int(recipe.get("seed", 0))))
+    n_val = int(len(x_all) * float(recipe.val_fraction))
+    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(recipe.seed))
     val_idx, train_idx = order[:n_val].numpy(), order[n_val:].numpy()
     # Normalisation: CIFAR-10's statistics unless the recipe names others (the handout uses 0.5 and 0.5).
-    stats = {"mean": tuple(recipe.get("mean", CIFAR_MEAN)), "std": tuple(recipe.get("std", CIFAR_STD))}
+    stats = {"mean": tuple(recipe.mean), "std": tuple(recipe.std)}
     train, val = DeviceData(x_all[train_idx], dev, **stats), DeviceData(x_all[val_idx], dev, **stats)
     y_train, y_val = y_all[torch.from_numpy(train_idx).to(dev)], y_all[torch.from_numpy(val_idx).to(dev)]
     test = DeviceData(arrays["x_test"], dev, **stats)
 
-    amp = autocast_dtype(dev, bool(recipe.get("cpu_bf16", True)))
+    amp = autocast_dtype(dev, recipe.cpu_bf16)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     optimizer = make_optimizer(model, recipe)
     # torch.compile is lazy: it fails (if at all) at the first call, so the first step falls back to eager.
-    step_model = torch.compile(model, mode=recipe.get("compile_mode", "default")) if recipe.get("compile") else model
+    step_model = torch.compile(model, mode=recipe.compile_mode) if recipe.compile else model
     notes = []
-    batch_size = int(recipe["batch_size"])
+    batch_size = recipe.batch_size
     steps_per_epoch = max(1, len(train) // batch_size)
     # A recipe counts epochs, but learning needs optimizer steps: on a small dataset the same epochs
     # are too few steps to learn anything (1,400 images x 4 epochs = 40 steps), so `min_steps`
     # adds epochs until the run takes at least that many steps.
-    epochs = max(int(recipe["epochs"]), math.ceil(int(recipe.get("min_steps", 0)) / steps_per_epoch))
+    epochs = max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch))
     total_steps = epochs * steps_per_epoch
-    warmup = int(float(recipe.get("warmup_epochs", 0)) * steps_per_epoch)
-    max_seconds = float(recipe.get("max_seconds", 1e9))
+    warmup = int(float(recipe.warmup_epochs) * steps_per_epoch)
+    max_seconds = math.inf if recipe.max_seconds is None else float(recipe.max_seconds)
     history, images, stopped = [], 0, ""
     bar = _progress_bar(epochs * steps_per_epoch * batch_size) if progress else None
     started = time.perf_counter()
@@ -177,8 +177,8 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
         for i in range(steps_per_epoch):
             index = perm[i * batch_size : (i + 1) * batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, recipe["lr"], recipe.get("schedule", "cosine"))
-            inputs = train.batch(index, recipe.get("augment", True), generator)
+                group["lr"] = lr_at(step, total_steps, warmup, recipe.lr, recipe.schedule)
+            inputs = train.batch(index, recipe.augment, generator)
             try:
                 loss = training_step(step_model, inputs, y_train[index], optimizer, scaler, amp, recipe)
             except torch.OutOfMemoryError:
@@ -225,7 +225,7 @@ def train_and_predict(model: nn.Module, arrays: dict, recipe: dict, device: str 
         stopped = stopped or f"out of {dev.type.upper()} memory while predicting the test images"
         predictions = np.full(len(test), -1, dtype=np.int64)  # no class: counts as wrong
     arrays_out = {"predictions": predictions}
-    arrays_out.update(attention_of(model, test, int(recipe.get("attention_images", 0))))
+    arrays_out.update(attention_of(model, test, recipe.attention_images))
     header = {"history": history, "epochs_run": len(history), "train_seconds": seconds,
               "images_per_second": images / seconds if seconds else 0.0, "device": str(dev),
               "autocast": str(amp).replace("torch.", "") if amp else "float32", "stopped": stopped,
