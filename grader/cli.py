@@ -24,7 +24,35 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $VITGRADE_DATA or the user cache)")
 
 
+def _launch_worker(args: argparse.Namespace):
+    """The sandbox's worker, launched before this process imports torch and the checks, so that both imports
+    run at once (a check's latency is mostly imports). Its limits are read from the rubric file without
+    validating it; grade_submission uses the worker only if they are the validated rubric's, else starts
+    another. None where the limits need torch to decide (`auto` and `full` may use CUDA) or nothing to grade."""
+    from grader.rubric import peek_limits
+    from grader.sandbox import Limits, Sandbox, SandboxError
+
+    if args.accuracy not in ("off", "quick") or not Path(args.submission).exists():
+        return None
+    try:
+        limits = Limits(memory_bytes=int(peek_limits(args.rubric)["memory_gib"] * 1024**3))
+        sandbox = Sandbox("", limits=limits, isolation=args.isolation)
+        sandbox.launch()
+    except (OSError, ValueError, RuntimeError, SandboxError):  # the usual path reports these
+        return None
+    return sandbox
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    launched = _launch_worker(args)
+    try:
+        return _check(args, launched)
+    finally:
+        if launched is not None:
+            launched.close()
+
+
+def _check(args: argparse.Namespace, launched) -> int:
     from grader.grading import grade_submission
     from grader.render.junit import render_junit
     from grader.render.student import notebook_language, outline
@@ -37,7 +65,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} does not exist")
     rubric = _rubric(args)
     report = grade_submission(path, rubric=rubric, student_id=args.student, isolation=args.isolation,
-                              accuracy=args.accuracy, data_dir=args.data_dir)
+                              accuracy=args.accuracy, data_dir=args.data_dir, launched=launched)
     lang = args.lang or notebook_language(path)
     print(render_table(report, lang=lang, outline=outline(report, instructor_only(rubric), lang)))
     if args.json:

@@ -65,6 +65,9 @@ def test_check_usage_errors_exit_2(tmp_path):
     bad_rubric.write_text('[points]\n"equiv.vti" = 3\n[tolerances]\n', encoding="utf-8")
     result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric))
     assert result.returncode == 2 and "equiv.vti" in result.stderr and "unknown check id" in result.stderr
+    # With --accuracy off the worker is launched before the rubric is validated; the error is the same.
+    result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric), "--accuracy", "off")
+    assert result.returncode == 2 and "equiv.vti" in result.stderr and "unknown check id" in result.stderr
 
 
 @pytest.fixture(scope="module")
