@@ -35,10 +35,12 @@ def _launch_worker(args: argparse.Namespace):
     if args.accuracy not in ("off", "quick") or not Path(args.submission).exists():
         return None
     try:
-        limits = Limits(memory_bytes=int(peek_limits(args.rubric)["memory_gib"] * 1024**3))
-        sandbox = Sandbox("", limits=limits, isolation=args.isolation)
+        memory_gib = peek_limits(args.rubric)["memory_gib"]
+        if not isinstance(memory_gib, (int, float)) or isinstance(memory_gib, bool):
+            return None  # load_rubric says what is wrong with it
+        sandbox = Sandbox("", limits=Limits(memory_bytes=int(memory_gib * 1024**3)), isolation=args.isolation)
         sandbox.launch()
-    except (OSError, ValueError, RuntimeError, SandboxError):  # the usual path reports these
+    except (OSError, ValueError, TypeError, ArithmeticError, RuntimeError, SandboxError):  # the usual path says why
         return None
     return sandbox
 
