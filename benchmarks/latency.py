@@ -2,7 +2,7 @@
 
 Times whole commands (wall clock, and the CPU of every process they waited for) several times, the
 baseline and this checkout in turn (A B A B ...), so that both see the same machine load; prints each
-median and the ratio of the medians, this checkout over the baseline. The baseline is a git ref checked
+median and the median of the run-by-run ratios, this checkout over the baseline. The baseline is a git ref checked
 out into a temporary worktree (`--baseline-ref`), or none.
 
     python benchmarks/latency.py --baseline-ref main --runs 3
@@ -95,20 +95,24 @@ def measure(trees: dict[str, Path], runs: int, batch: bool) -> dict[str, dict[st
 
 
 def report(results: dict[str, dict[str, Timings]], batch: bool) -> None:
+    """Medians, and the median of the run-by-run ratios (each pair ran back to back, under the same load)."""
     count = submissions()
     names = list(results)
-    print(f"\n{'':30s}" + "".join(f"{name:>14s}" for name in names) + ("   ratio (this/baseline)" if len(names) > 1 else ""))
+    print(f"\n{'':30s}" + "".join(f"{name:>14s}" for name in names) + ("   this/baseline, median of pairs" if len(names) > 1 else ""))
 
-    def row(label: str, values: list[float], fmt: str = "{:14.2f}") -> None:
-        ratio = f"   {values[0] / values[1]:.2f}" if len(values) > 1 and values[1] else ""
-        print(f"{label:30s}" + "".join(fmt.format(v) for v in values) + ratio)
+    def row(label: str, command: str, what: str, per_minute: bool = False) -> None:
+        series = [getattr(results[n][command], what) for n in names]
+        if per_minute:
+            series = [[60 * count / v for v in values] for values in series]
+        ratio = f"   {statistics.median(a / b for a, b in zip(*series, strict=True)):.2f}" if len(series) > 1 else ""
+        print(f"{label:30s}" + "".join(f"{statistics.median(values):14.2f}" for values in series) + ratio)
 
-    row("check wall s (median)", [results[n]["check"].median("wall") for n in names])
-    row("check CPU s (median)", [results[n]["check"].median("cpu") for n in names])
+    row("check wall s (median)", "check", "wall")
+    row("check CPU s (median)", "check", "cpu")
     if batch:
-        row(f"batch of {count} wall s (median)", [results[n]["batch"].median("wall") for n in names])
-        row("batch CPU s (median)", [results[n]["batch"].median("cpu") for n in names])
-        row("submissions per minute", [60 * count / results[n]["batch"].median("wall") for n in names])
+        row(f"batch of {count} wall s (median)", "batch", "wall")
+        row("batch CPU s (median)", "batch", "cpu")
+        row("submissions per minute", "batch", "wall", per_minute=True)
 
 
 def main(argv: list[str] | None = None) -> int:
