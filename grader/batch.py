@@ -308,29 +308,17 @@ def grading_expected(out: Path, seed: int | None, notes: list[str]) -> Expected:
     """Instructor grading compares with the reference on weights and inputs drawn from a secret seed per run,
     so the student bundle's test vectors (self-checking only) are worth nothing as a lookup table. The seed
     goes to OUT/challenges.jsonl, never to the sandbox or a report (reports name it by a hash)."""
-    expected, secret = draw_challenge(seed, notes)
-    record_challenge(out, expected, secret)
-    return expected
-
-
-def draw_challenge(seed: int | None, notes: list[str]) -> tuple[Expected, int | None]:
-    """grading_expected's values and secret seed (None: the bundle's fixed vectors), not yet recorded."""
     secret = seed if seed is not None else secrets.randbits(63)
     try:
-        return challenge_expected(secret), secret
+        expected = challenge_expected(secret)
     except VectorsError as exc:  # the student bundle: no reference to compute fresh values with
         notes.append(f"graded on the bundle's fixed test vectors ({exc})")
-        return default_expected(), None
-
-
-def record_challenge(out: Path, expected: Expected, secret: int | None) -> None:
-    """Append a grading run's secret seed to OUT/challenges.jsonl (nothing for the bundle's fixed vectors)."""
-    if secret is None:
-        return
+        return default_expected()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / CHALLENGES, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"challenge": expected.challenge, "seed": secret,
                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    return expected
 
 
 def _grade_one(entry: Entry, options: BatchOptions, rubric: Rubric, threads: int,
@@ -406,12 +394,6 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
                                  "what it checks since their report")
         workers = max(1, min(options.workers or default_workers(options.accuracy), max(1, len(todo))))
         threads = max(1, (os.cpu_count() or 2) // workers)
-        # The reference's values for this run's challenge, computed in the background from here on (the
-        # preflight leaves a core idle); the seed is recorded once the preflight passed.
-        challenge_notes: list[str] = []
-        expected, secret = draw_challenge(options.challenge_seed, challenge_notes) if todo else (None, None)
-        if expected is not None:
-            expected.prefetch()
         if todo and options.preflight:  # raises GraderBroken before any student report is written
             check = require_preflight(worker_limits(rubric, options.accuracy, threads), options.isolation)
             summary.notes.append(check.describe())
@@ -439,9 +421,7 @@ def grade_batch(paths: list[Path], options: BatchOptions, executor: Executor = l
         try:
             # Locally, each worker thread takes a GPU from a pool; a cluster executor assigns its own.
             gpus = gpu_pool(options.accuracy, workers) if executor is local_executor else None
-            if expected is not None:
-                summary.notes += challenge_notes
-                record_challenge(out, expected, secret)
+            expected = grading_expected(out, options.challenge_seed, summary.notes) if todo else None
             executor(todo, lambda entry: _grade_one(entry, options, rubric, threads, gpus, expected), done, workers)
         finally:
             bar.close()
