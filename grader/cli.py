@@ -38,7 +38,37 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
                    data_dir=args.data_dir, executor=getattr(args, "executor", "local"))
 
 
+def _launch_worker(args: argparse.Namespace):
+    """The sandbox's worker, launched before this process imports torch and the checks, so that both imports
+    run at once (a check's latency is mostly imports). Its limits are read from the rubric file without
+    validating it; grade_submission uses the worker only if they are the validated rubric's, else starts
+    another. None where the limits need torch to decide (`auto` and `full` may use CUDA) or nothing to grade."""
+    from grader.rubric import peek_limits
+    from grader.sandbox import Limits, Sandbox, SandboxError
+
+    if args.accuracy not in ("off", "quick") or not Path(args.submission).exists():
+        return None
+    try:
+        memory_gib = peek_limits(args.rubric)["memory_gib"]
+        if not isinstance(memory_gib, (int, float)) or isinstance(memory_gib, bool):
+            return None  # load_rubric says what is wrong with it
+        sandbox = Sandbox("", limits=Limits(memory_bytes=int(memory_gib * 1024**3)), isolation=args.isolation)
+        sandbox.launch()
+    except (OSError, ValueError, TypeError, ArithmeticError, RuntimeError, SandboxError):  # the usual path says why
+        return None
+    return sandbox
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    launched = _launch_worker(args)
+    try:
+        return _check(args, launched)
+    finally:
+        if launched is not None:
+            launched.close()
+
+
+def _check(args: argparse.Namespace, launched) -> int:
     from grader.batch.grading import grade_submission
     from grader.render.junit import render_junit
     from grader.render.student import notebook_language, outline
@@ -50,7 +80,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     rubric = _rubric(args)
-    report = grade_submission(path, _run_options(args), rubric=rubric, student_id=args.student)
+    report = grade_submission(path, _run_options(args), rubric=rubric, student_id=args.student, launched=launched)
     lang = args.lang or notebook_language(path)
     print(render_table(report, lang=lang, outline=outline(report, instructor_only(rubric), lang)))
     if args.json:

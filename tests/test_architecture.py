@@ -26,7 +26,7 @@ def test_the_graph_sees_cycles_and_upward_imports(tmp_path):
     """The measure itself can fail: a made-up package with a cycle and an import from render up into batch."""
     graph = _import_graph()
     for name, text in {"__init__.py": "", "spec.py": "import grader.report\n", "report.py": "from grader import spec\n",
-                       "render/__init__.py": "", "render/text.py": "def f():\n    from grader.batch import run\n",
+                       "render/__init__.py": "", "render/text.py": "def f():\n    from grader.batch.run import run\n",
                        "batch/__init__.py": "", "batch/run.py": "from grader.render.text import f\n"}.items():
         path = tmp_path / "grader" / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,9 @@ def test_check_usage_errors_exit_2(tmp_path):
     bad_rubric.write_text('[points]\n"equiv.vti" = 3\n[tolerances]\n', encoding="utf-8")
     result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric))
     assert result.returncode == 2 and "equiv.vti" in result.stderr and "unknown check id" in result.stderr
+    # With --accuracy off the worker is launched before the rubric is validated; the error is the same.
+    result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric), "--accuracy", "off")
+    assert result.returncode == 2 and "equiv.vti" in result.stderr and "unknown check id" in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +204,29 @@ def test_grade_refuses_a_bad_roster_or_ta_sheet_before_grading_anyone(batch_dir,
                   "unknown student 'mallory'"):
         assert words in result.stderr
     assert not (out / "students").exists()
+
+
+def test_check_launches_the_worker_early_only_where_the_rubric_file_decides_its_limits(tmp_path):
+    import argparse
+
+    from grader.cli import _launch_worker
+
+    def launched(accuracy: str, limits: str | None = None):
+        rubric = None
+        if limits is not None:
+            rubric = tmp_path / "rubric.toml"
+            rubric.write_text(limits, encoding="utf-8")
+        args = argparse.Namespace(accuracy=accuracy, submission=str(EXAMPLES / "s1002_separate_qkv.py"),
+                                  rubric=rubric, isolation=None)
+        sandbox = _launch_worker(args)
+        if sandbox is not None:
+            sandbox.close()
+        return sandbox
+
+    bundled = launched("off")
+    assert bundled is not None and bundled.limits.memory_bytes == 6 * 1024**3
+    assert launched("quick", "[limits]\nmemory_gib = 2.5\n").limits.memory_bytes == int(2.5 * 1024**3)
+    assert launched("auto") is None and launched("full") is None  # CUDA or not is torch's to say
+    # A rubric load_rubric will refuse is not launched from (nor does "6" * 1024**3 build a 1 GB string).
+    for bad in ('[limits]\nmemory_gib = "6"\n', "limits = 3\n", "[limits]\nmemory_gib = inf\n", "[limits\n"):
+        assert launched("off", bad) is None, bad

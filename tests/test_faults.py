@@ -51,6 +51,7 @@ def test_grade_stops_before_any_student_when_the_sandbox_cannot_run_known_good_c
     assert code == 2
     assert "preflight FAILED" in err and "memory limit" in err and "vitgrade doctor" in err
     assert not list(out.glob("students/*/report.json"))
+    assert not (out / "challenges.jsonl").exists()  # the run's seed is drawn early, recorded only after the preflight
 
 
 def test_a_sandbox_that_fails_before_loading_is_a_grader_fault(starving_rubric, tmp_path, capsys):

@@ -236,3 +236,54 @@ def test_the_scratch_directory_is_removed():
         forward(sandbox)
     cwd = next(line.split()[1] for line in sandbox.output.splitlines() if line.startswith("CWD"))
     assert not Path(cwd).exists()
+
+
+def test_a_launched_worker_is_the_one_start_takes_and_it_loads_the_code_given_later():
+    sandbox = Sandbox("", isolation=LEVELS[0])
+    with sandbox:
+        sandbox.launch()  # the worker imports torch while the caller reads the submission
+        pid = sandbox._proc.pid
+        sandbox.code = net()
+        assert sandbox.start()["classes"] == ["Net"]
+        assert sandbox._proc.pid == pid and sandbox.stats.starts == 1
+        assert forward(sandbox).arrays["y"].shape == (2, 4)
+
+
+def test_a_request_to_a_launched_worker_starts_it_first_and_a_dead_one_is_replaced():
+    with Sandbox(net()) as sandbox:
+        sandbox.launch()
+        assert forward(sandbox).arrays["y"].shape == (2, 4)  # no request reaches a worker before its load
+        sandbox.launch()
+        os.killpg(sandbox._proc.pid, 9)
+        sandbox._proc.wait()
+        assert sandbox.start()["classes"] == ["Net"]
+        assert sandbox.stats.starts == 3
+
+
+def test_an_upstream_gradient_of_another_shape_is_refused_as_torch_refuses_it():
+    with Sandbox(net()) as sandbox:
+        sandbox.request("build", {"handle": "n", "class": "Net"})
+        with pytest.raises(SandboxError) as info:
+            sandbox.request("gradients", {"handle": "n", "gradients": {"lin.weight": "all"}},
+                            {"x": np.ones((2, 4)), "grad_out": np.ones((2, 1, 4))})
+        assert "Mismatch in shape: grad_output[0] has a shape of torch.Size([2, 1, 4]) and output[0] has a shape " \
+               "of torch.Size([2, 4])." in info.value.message
+        upstream = np.random.default_rng(0).standard_normal((2, 4))
+        reply = sandbox.request("gradients", {"handle": "n", "gradients": {"lin.weight": "all", "lin.bias": "all"}},
+                                {"x": np.ones((2, 4)), "grad_out": upstream})
+    assert np.allclose(reply.arrays["grad:lin.bias"], upstream.sum(axis=0))
+    assert np.allclose(reply.arrays["grad:lin.weight"], (upstream.T @ np.ones((2, 4))).reshape(-1))
+
+
+def test_grading_takes_a_launched_worker_only_when_it_has_the_submissions_limits():
+    from grader.batch.grading import _sandbox
+
+    right, wrong = Limits(memory_bytes=2 * 1024**3), Limits(memory_bytes=3 * 1024**3)
+    launched = Sandbox("", limits=wrong)
+    launched.launch()
+    fresh = _sandbox(net(), right, None, launched)
+    assert fresh is not launched and fresh.limits == right and not launched.alive  # closed, not leaked
+    launched = Sandbox("", limits=right)
+    launched.launch()
+    with _sandbox(net(), right, None, launched) as taken:
+        assert taken is launched and taken.start()["classes"] == ["Net"]

@@ -12,14 +12,14 @@ from grader import __version__
 from grader.checks import CHECKS, Check
 from grader.checks.context import CheckFailed, GradingContext, Outcome, TrainingPictures
 from grader.checks.training import prepare_reference
-from grader.expected import Expected
+from grader.expected import Expected, default_expected
 from grader.intake import IntakeError, Submission, content_digest, load_submission
 from grader.intake.naming import student_id_from_name
 from grader.options import Accuracy, RunOptions, resolve
 from grader.render.safe import clean_report
 from grader.report import CheckResult, Report, answer_picture_files
 from grader.rubric import Rubric, load_rubric
-from grader.sandbox import Limits, Sandbox, SandboxError
+from grader.sandbox import Limits, Sandbox, SandboxError, choose_level
 
 FLOAT64_TROUBLE = ("Double", "Float", "dtype", "scalar type")
 
@@ -132,13 +132,15 @@ def rescore(report: Report, rubric: Rubric) -> Report:
 
 def grade_submission(path: str | Path, options: RunOptions | None = None, *, rubric: Rubric | None = None,
                      student_id: str | None = None, id_pattern: str | None = None, threads: int = 0,
-                     gpu: str | None = None, expected: Expected | None = None, **settings: Any) -> Report:
+                     gpu: str | None = None, expected: Expected | None = None, launched: Sandbox | None = None,
+                     **settings: Any) -> Report:
     """Grade one submission; always returns a well-formed Report (never raises for bad input).
 
     `options` are the run's resolved options; a Python caller may give `resolve`'s keywords instead
     (`accuracy="off"`, `isolation=...`, `timeout=...`, `data_dir=...`). `threads` caps the worker's CPU
     threads (0: torch's default) and `gpu` picks the worker's GPU (CUDA_VISIBLE_DEVICES), for running
-    several at once.
+    several at once. `launched`: a sandbox whose worker was launched early (Sandbox.launch), used when its
+    limits and isolation are this submission's; closed either way.
     """
     if options is None:
         options = resolve(**settings)
@@ -150,20 +152,34 @@ def grade_submission(path: str | Path, options: RunOptions | None = None, *, rub
     try:
         submission = load_submission(path, student, id_pattern)
     except IntakeError as error:
+        if launched is not None:
+            launched.close()
         return clean_report(Report.failure(student, str(path), str(error), environment=environment(),
                                            fingerprint=fingerprint(path, rubric, options.accuracy), fault="submission"))
+    expected = expected or default_expected()
+    expected.prefetch()  # the reference's values, computed while the worker starts and runs the first checks
     timings = {"intake": time.monotonic() - started}
     # The reference's run sets the pass mark: train it (or find it cached) while no student code runs.
     prepare_reference(rubric, options, expected)
     timings["reference"] = time.monotonic() - started - timings["intake"]
     limits = worker_limits(rubric, options, threads, gpu)
-    with Sandbox(submission.code, limits=limits, isolation=options.isolation) as sandbox:
+    with _sandbox(submission.code, limits, options.isolation, launched) as sandbox:
         report = _run_checks(submission, sandbox, rubric, options.timeout or rubric.limits["submission_timeout"],
                              timings, options, expected)
     timings["total"] = time.monotonic() - started
     report.timings = {k: round(v, 3) for k, v in timings.items()}
     report.code = submission.code
     return clean_report(report)  # the boundary: nothing the submission wrote reaches a file unsanitised
+
+
+def _sandbox(code: str, limits: Limits, isolation: str | None, launched: Sandbox | None) -> Sandbox:
+    """`launched` when it was started with these limits at this isolation level, else a new sandbox."""
+    if launched is not None:
+        if launched.limits == limits and launched.isolation == choose_level(isolation):
+            launched.code = code
+            return launched
+        launched.close()
+    return Sandbox(code, limits=limits, isolation=isolation)
 
 
 def _run_checks(submission: Submission, sandbox: Sandbox, rubric: Rubric, timeout: float,

@@ -99,6 +99,9 @@ class Expected:
         shapes, gains = self.weight_layout(kind)
         return random_weights(shapes, gains, self.seeds[kind])
 
+    def prefetch(self) -> None:
+        """Start computing, in the background, values the checks will ask for (no-op where they are read)."""
+
     def gradient_challenge(self) -> GradientChallenge | None:
         """The reference's gradients for the ViT's weights, or None where this source has none."""
         return None

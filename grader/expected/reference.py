@@ -7,6 +7,9 @@ that sit next to one; the student bundle gets their numbers through `grader.expe
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +29,19 @@ from grader.expected.model import (
 )
 from grader.spec import ALTERNATIVE, DEFAULT, ViTConfig, component_args, component_kwargs
 from reference.vit import FNN, SelfAttention, TransformerEncoderLayer, ViT
+
+# One computation with the reference modules at a time: they are cached and shared (build_reference), the
+# prefetch thread uses them beside the checks, and a forward pass stores attn_weights on its module.
+_LOCK = threading.RLock()
+Result = TypeVar("Result")
+
+
+def _serial(method: Callable[..., Result]) -> Callable[..., Result]:
+    @functools.wraps(method)
+    def run(*args, **kwargs) -> Result:
+        with _LOCK:
+            return method(*args, **kwargs)
+    return run
 
 
 @functools.lru_cache(maxsize=16)
@@ -55,19 +71,46 @@ class ReferenceExpected(Expected):
     can_train_reference = True
 
     def __init__(self, secret: int | None = None):
+        self._prefetching: threading.Thread | None = None
         if secret is not None:
             self.seeds = fresh_seeds(secret)
             self.challenge = challenge_id(secret)
 
+    def prefetch(self) -> None:
+        """Compute the costliest values in a background thread, in the order the checks ask for them; a check
+        that asks first waits for the result (_LOCK). An error here is left for that check to meet and report."""
+        if self._prefetching is not None:
+            return
+
+        steps = [functools.partial(_serial(self._module), kind)
+                 for kind in ("ViT", "FNN", "SelfAttention", "TransformerEncoderLayer")]
+        steps += [self.vit_stages, self.gradient_challenge]
+
+        def compute() -> None:
+            try:
+                for step in steps:
+                    if not threading.main_thread().is_alive():  # the grader is exiting: the values are not needed
+                        return
+                    step()
+            except Exception:  # noqa: BLE001, S110 - the check that needs the value computes it again and reports
+                pass
+
+        # Not a daemon: the interpreter's exit waits for it (torch aborts the process when its work is cut off).
+        self._prefetching = threading.Thread(target=compute, name="vitgrade-reference-prefetch")
+        self._prefetching.start()
+
     def _module(self, kind: str) -> nn.Module:
         return build_reference(kind, DEFAULT, seed=self.seeds[kind])
 
+    @_serial
     def weights(self, kind: str) -> State:
         return {name: p.detach().numpy().copy() for name, p in self._module(kind).named_parameters()}
 
+    @_serial
     def weight_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
         return layout(self._module(kind))
 
+    @_serial
     def output(self, kind: str) -> tuple[np.ndarray, State]:
         module = self._module(kind)
         with torch.no_grad():
@@ -75,6 +118,7 @@ class ReferenceExpected(Expected):
         extras = {"attn_weights": module.attn_weights.numpy()} if isinstance(module, SelfAttention) else {}
         return y.numpy(), extras
 
+    @_serial
     def variants(self, kind: str) -> dict[str, np.ndarray]:
         if kind == "FNN":
             return fnn_variants(self.weights("FNN"), self.inputs("FNN"))
@@ -84,6 +128,7 @@ class ReferenceExpected(Expected):
             return patch_variants(self.inputs("ViT"), DEFAULT.patch_size)
         raise KeyError(kind)
 
+    @_serial  # outside the cache: a second caller waits for the first's result
     @functools.cache  # noqa: B019 - one instance per process; the stages never change
     def vit_stages(self) -> ViTStages:
         model = self._module("ViT")
@@ -100,17 +145,21 @@ class ReferenceExpected(Expected):
                              tokens=tokens.numpy(), layer_outputs=outputs, normed=normed.numpy(),
                              logits=model.linear(normed[:, 0]).numpy())
 
+    @_serial
     def alternative_weights(self, kind: str) -> State:
         module = build_reference(kind, ALTERNATIVE, seed=self.seeds[kind])
         return {name: p.detach().numpy().copy() for name, p in module.named_parameters()}
 
+    @_serial
     def alternative_layout(self, kind: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
         return layout(build_reference(kind, ALTERNATIVE, seed=self.seeds[kind]))
 
+    @_serial
     def alternative_output(self, kind: str) -> np.ndarray:
         with torch.no_grad():
             return build_reference(kind, ALTERNATIVE, seed=self.seeds[kind])(as_tensor(self.alternative_inputs(kind))).numpy()
 
+    @_serial  # outside the cache: a second caller waits for the first's result
     @functools.cache  # noqa: B019 - one instance per grading run; the challenge never changes
     def gradient_challenge(self) -> GradientChallenge:
         model = self._module("ViT")
@@ -120,7 +169,9 @@ class ReferenceExpected(Expected):
         names, params = zip(*model.named_parameters(), strict=True)
         with torch.enable_grad():
             logits = model(as_tensor(images))
-            grads = torch.autograd.grad(logits, params, grad_outputs=as_tensor(upstream))  # leaves .grad untouched
+            # <upstream, logits> as a scalar: the gradients of grad_outputs=upstream, bit for bit, without the
+            # ~1 s import of sympy torch makes for an explicit upstream gradient. Leaves .grad untouched.
+            grads = torch.autograd.grad((logits * as_tensor(upstream)).sum(), params)
         samples, values, full = {}, {}, {}
         for name, grad in zip(names, grads, strict=True):
             full[name] = grad.detach().numpy()
@@ -129,6 +180,7 @@ class ReferenceExpected(Expected):
             values[name] = flat[samples[name]]
         return GradientChallenge(images, upstream, logits.detach().numpy(), samples, values, full)
 
+    @_serial
     def layer_output(self, index: int, layer_in: np.ndarray) -> np.ndarray | None:
         if layer_in is None:
             return None

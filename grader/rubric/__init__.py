@@ -3,6 +3,16 @@ policy."""
 
 from __future__ import annotations
 
-from grader.rubric.model import DEFAULT_RUBRIC, Rubric, RubricError, Tolerance, instructor_only, load_rubric
+from grader.rubric.model import (
+    DEFAULT_RUBRIC,
+    LIMITS,
+    Rubric,
+    RubricError,
+    Tolerance,
+    instructor_only,
+    load_rubric,
+    peek_limits,
+)
 
-__all__ = ["DEFAULT_RUBRIC", "Rubric", "RubricError", "Tolerance", "instructor_only", "load_rubric"]
+__all__ = ["DEFAULT_RUBRIC", "LIMITS", "Rubric", "RubricError", "Tolerance", "instructor_only", "load_rubric",
+           "peek_limits"]

@@ -222,6 +222,8 @@ class Sandbox:
         self._scratch: str | None = None
         self._killed_for: str | None = None
         self._watch_stop = threading.Event()
+        self._launched = False  # a worker launch() started that no start() has taken yet
+        self._spawned_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> Sandbox:
@@ -234,15 +236,39 @@ class Sandbox:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> dict:
-        """Start the worker and load the code; return the load reply (raises SandboxError)."""
+    def launch(self) -> None:
+        """Start the worker process and return at once: it imports torch while the caller does its own work
+        (imports, intake). The next start() waits for it instead of starting another."""
         self.close()
+        self._spawn()
+        self._launched = True
+
+    def start(self) -> dict:
+        """Start the worker (or take the one launch() started) and load the code; return the load reply
+        (raises SandboxError)."""
+        if not (self._launched and self.alive):
+            self.close()
+            self._spawn()
+        self._launched = False
+        started = self._spawned_at
+        try:  # nothing of the submission has run yet: a failure here is the grader's
+            self._receive(RequestClock(START_TIMEOUT, self._proc.pid), "starting the worker")
+            self.request("setup", {"dtype": self.dtype, "device": self.device, "threads": self.limits.threads})
+        except SandboxError as error:
+            raise SandboxError(error.kind, error.message + self._stderr_tail(), error.traceback,
+                               fault="grader") from None
+        self.stats.start_seconds.append(time.monotonic() - started)
+        self.load_reply = self.request("load", {"code": self.code}, timeout=60).header
+        return self.load_reply
+
+    def _spawn(self) -> None:
+        """Start the worker process, its output readers and its memory watch (raises SandboxError)."""
         if sys.platform == "win32":
             # The worker's private pipes are passed as inherited file descriptors and waited on with
             # select(), neither of which Windows offers for pipes.
             raise SandboxError("setup", "the sandbox needs Linux or macOS; on Windows run the self-check in WSL "
                                         "or Colab", fault="grader")
-        started = time.monotonic()
+        self._spawned_at = time.monotonic()
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -272,15 +298,6 @@ class Sandbox:
         self._watch_stop = threading.Event()
         threading.Thread(target=self._watch_memory, args=(self._proc, self._watch_stop), daemon=True).start()
         self.stats.starts += 1
-        try:  # nothing of the submission has run yet: a failure here is the grader's
-            self._receive(RequestClock(START_TIMEOUT, self._proc.pid), "starting the worker")
-            self.request("setup", {"dtype": self.dtype, "device": self.device, "threads": self.limits.threads})
-        except SandboxError as error:
-            raise SandboxError(error.kind, error.message + self._stderr_tail(), error.traceback,
-                               fault="grader") from None
-        self.stats.start_seconds.append(time.monotonic() - started)
-        self.load_reply = self.request("load", {"code": self.code}, timeout=60).header
-        return self.load_reply
 
     def _stderr_tail(self) -> str:
         """What the worker (or bubblewrap) wrote to stderr before it died, for the error message."""
@@ -290,6 +307,7 @@ class Sandbox:
 
     def close(self) -> None:
         """Kill the worker's whole process tree and remove its scratch directory."""
+        self._launched = False
         if self._proc is not None:
             self._kill()
             for fd in (self._req_w, self._rep_r):
@@ -352,7 +370,7 @@ class Sandbox:
         `timeout` is in the submission's time (see RequestClock); a reply whose arrays exceed
         `max_reply_bytes` (default: reply_limit) is refused before it is read.
         """
-        if not self.alive:
+        if not self.alive or self._launched:
             self.start()
         clock = RequestClock(timeout, self._proc.pid if self._proc else None)
         try:
