@@ -19,7 +19,7 @@ from grader.output import student_dir, write_student
 from grader.report import CheckResult, Report, load_report, write_atomic
 from grader.rubric import DEFAULT_RUBRIC, load_rubric
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 ANSWER = "the class token goes through 12 layers"
 

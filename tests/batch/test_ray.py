@@ -13,7 +13,7 @@ import pytest
 from grader.batch import BatchOptions, Entry, grade_batch, local_executor
 from grader.report import Report
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (installed with the test extra)")
 pytestmark = pytest.mark.timeout(900)

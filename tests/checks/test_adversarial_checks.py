@@ -23,8 +23,8 @@ from grader.grading import grade_submission
 from grader.intake import load_submission
 from grader.rubric import DEFAULT_RUBRIC, RubricError, load_rubric
 
-from .conftest import EXAMPLES, HANDOUT_SOURCE, code_rubric
-from .test_adversarial import at_load
+from ..batch.test_adversarial import at_load
+from ..conftest import EXAMPLES, HANDOUT_SOURCE, code_rubric
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -95,7 +95,7 @@ def test_names_that_only_look_forbidden_pass(tmp_path):
 
 def test_the_worker_keeps_no_forbidden_call_counter():
     """Run-time evidence lived in the student's process, where gc could reach it and switch it off."""
-    worker = (Path(__file__).parents[1] / "grader/sandbox/worker.py").read_text(encoding="utf-8")
+    worker = (Path(__file__).parents[2] / "grader/sandbox/worker.py").read_text(encoding="utf-8")
     assert "forbidden" not in worker
 
 

@@ -14,7 +14,7 @@ import pytest
 from grader.sandbox import Sandbox, SandboxError
 from grader.sandbox import isolation as isolation_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CODE = "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x + 1\n"
 
 

@@ -14,10 +14,10 @@ import pytest
 
 from grader.batch import BatchOptions, grade_batch
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
 
 
@@ -61,8 +61,10 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     rubric.accuracy["quick"].update(train_images=600, test_images=100)
     rubric.accuracy["quick"]["recipe"] = {**rubric.accuracy["quick"]["recipe"], "epochs": 1, "batch_size": 100}
     out = root / "out"
+    # Two workers of one torch thread each (a worker's threads are the cores over the workers): one training
+    # thread per core, which a busy machine slows far less than two per worker.
     grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="quick", data_dir=root / "data",
-                                            progress=False))
+                                            progress=False, workers=2))
     return {"summary": out / "summary.html", "report": out / "students/s1004/report.html",
             "ta-sheet": out / "ta_sheet.html",
             "report-failing": out / "students/s2002/report.html", "report-error": out / "students/s3003/report.html"}

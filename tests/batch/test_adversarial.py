@@ -22,7 +22,7 @@ from grader.expected import challenge_expected
 from grader.grading import grade_submission
 from grader.sandbox import available_levels
 
-from .conftest import HANDOUT_SOURCE, code_rubric
+from ..conftest import HANDOUT_SOURCE, code_rubric
 
 TOKEN = uuid.uuid4().hex[:12]
 CHALLENGE_SEED = 20261128  # the batch's secret seed, reused for the honest student's baseline

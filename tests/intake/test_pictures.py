@@ -21,7 +21,7 @@ from grader.cli import main
 from grader.intake import load_submission
 from grader.intake.pictures import MAX_PICTURES, MAX_SIDE, PictureError, extract_pictures, to_png
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 DIAGRAM_CELL = "task1-diagram"
 

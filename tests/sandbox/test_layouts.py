@@ -24,7 +24,7 @@ import pytest
 
 from grader.sandbox import available_levels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "fixtures" / "handout_vit.py"  # the handout's own classes: a correct submission
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
 SYSTEM_PYTHON = Path("/usr/bin/python3")

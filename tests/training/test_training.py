@@ -14,7 +14,7 @@ from grader.training import data
 from grader.training.bench import forward_flops
 from grader.training.trainer import DeviceData, train_and_predict
 
-from .conftest import EXAMPLES, HANDOUT_SOURCE
+from ..conftest import EXAMPLES, HANDOUT_SOURCE
 
 # The device-agnostic parts run on every device this machine has; CUDA is reported as skipped without one.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
@@ -198,7 +198,8 @@ def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, na
     path = source if not isinstance(source, str) else tmp_path / f"{name}.py"
     if isinstance(source, str):
         path.write_text(source, encoding="utf-8")
-    report = grade_submission(path, rubric=quick_rubric, accuracy="quick", data_dir=synthetic[0] / "npz")
+    report = grade_submission(path, rubric=quick_rubric, accuracy="quick", data_dir=synthetic[0] / "npz",
+                              threads=1)
     check = report.check("train.accuracy")
     details = check.details
     assert check.status in ("passed", "failed"), check.message
@@ -236,7 +237,7 @@ def test_calibrate_suggests_a_margin_caches_the_baseline_and_writes_the_rubric(t
     rubric = tmp_path / "rubric.toml"
     rubric.write_text(tomlkit.dumps(document), encoding="utf-8")
     written = tmp_path / "calibrated.toml"
-    from .test_accuracy_integrity import easy_dataset
+    from ..checks.test_accuracy_integrity import easy_dataset
 
     easy = data.write_npz(easy_dataset(), tmp_path / "easy" / "easy.npz").parent
     assert main(["calibrate", "--accuracy", "quick", "--seeds", "2", "--rubric", str(rubric),
@@ -297,7 +298,8 @@ def digits_graded(digits, tmp_path_factory):
         for name, source in (("correct", HANDOUT_SOURCE), ("constant_output", CONSTANT_OUTPUT)):
             path = work / f"{name}.py"
             path.write_text(source, encoding="utf-8")
-            reports[name] = grade_submission(path, rubric=_digits_rubric(), accuracy="quick", data_dir=digits)
+            reports[name] = grade_submission(path, rubric=_digits_rubric(), accuracy="quick", data_dir=digits,
+                                             threads=1)
     return reports
 
 
@@ -329,7 +331,7 @@ def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuse
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     weak = {"min_steps": 0, "augment": True}
     report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=_digits_rubric(weak), accuracy="quick",
-                              data_dir=digits)
+                              data_dir=digits, threads=1)
     check = report.check("train.accuracy")
     assert check.status == "error" and check.fault == "grader", check.message
     assert "no verdict on your model: the reference itself reaches only" in check.message

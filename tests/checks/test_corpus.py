@@ -10,7 +10,7 @@ import torch
 
 from grader.grading import grade_submission
 
-from .conftest import code_rubric
+from ..conftest import code_rubric
 from .corpus import HANDOUT_POLICY, MUTANTS, variants
 from .corpus_styles import COURSE_REVISION, DIFFERENCES, POLICY_EXEMPT, STYLES
 

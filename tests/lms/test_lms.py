@@ -344,7 +344,7 @@ def test_gradescope_autograder_results_say_grader_failure(tmp_path):
     """A broken autograder (here: no rubric) still leaves a results.json, which blames the grader."""
     root = tmp_path / "autograder"
     (root / "submission").mkdir(parents=True)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     ran = subprocess.run([sys.executable, "-m", "grader.lms.gradescope_autograder", "--root", str(root)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1
