@@ -50,6 +50,7 @@ def test_notebooks_validate_and_both_languages_have_the_same_cells_and_tags(vers
     assert "ViTクラスの定義" in "\n".join(c.source for c in ja.cells)
 
 
+@pytest.mark.slow
 def test_written_files(built):
     names = sorted(str(p.relative_to(built)) for p in built.rglob("*") if p.is_file() and "vitgrade_student" not in
                    p.parts)
@@ -82,6 +83,7 @@ def test_handout_defects_are_fixed():
     assert ", ".join(f"{k}={v}" for k, v in second.items()) in text
 
 
+@pytest.mark.slow
 def test_filled_notebook_gets_every_automatic_point(built):
     for lang in LANGUAGES:
         report = grade_submission(built / f"instructor/vit_cifar10_{lang}_solution.ipynb", accuracy="off")
@@ -91,6 +93,7 @@ def test_filled_notebook_gets_every_automatic_point(built):
         assert all(report.check(t).status == "passed" for t in AUTOMATIC_TASKS)
 
 
+@pytest.mark.slow
 def test_unfilled_notebook_says_not_implemented_yet_per_check(built):
     report = grade_submission(built / "student/vit_cifar10_ja.ipynb", accuracy="off")
     assert report.status == "graded"
@@ -103,6 +106,7 @@ def test_unfilled_notebook_says_not_implemented_yet_per_check(built):
         assert by_id[check_id].status == "failed" and "not answered yet" in by_id[check_id].message, check_id
 
 
+@pytest.mark.slow
 def test_task1_names_wrong_stages_without_giving_the_answer(tmp_path, built):
     notebook = nbformat.read(built / "instructor/vit_cifar10_en_solution.ipynb", 4)
     cell = next(c for c in notebook.cells if "task1-shapes" in c.metadata.get("tags", []))
@@ -125,6 +129,7 @@ def _run_bundle(bundle: Path, submission: Path, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_bundle_has_no_solution_code(built):
     bundle = built / "student/vitgrade_student"
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
@@ -142,6 +147,7 @@ def test_bundle_has_no_solution_code(built):
     assert "grader/test_vectors.npz" in files
 
 
+@pytest.mark.slow
 def test_the_bundle_is_one_wheel_that_pip_installs_and_the_notebook_installs(built, tmp_path):
     """Colab uploads files, not folders: the self-check is one wheel, installed without a build step."""
     import zipfile
@@ -167,6 +173,7 @@ def test_the_bundle_is_one_wheel_that_pip_installs_and_the_notebook_installs(bui
     assert "%pip install -q vitgrade_student-*.whl" in cell.source
 
 
+@pytest.mark.slow
 def test_bundle_checks_agree_with_the_instructors(built, tmp_path):
     bundle = built / "student/vitgrade_student"
     vectors = VectorExpected(bundle / "grader/test_vectors.npz")
@@ -186,6 +193,7 @@ def test_bundle_checks_agree_with_the_instructors(built, tmp_path):
         assert set(instructor) - set(bundled) == {"task2.choice"}
 
 
+@pytest.mark.slow
 def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     import pandas as pd
 
@@ -215,6 +223,7 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     assert "2 written answers await a TA" in (out / "summary.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_harness", [False, True], ids=["handout-loop", "fast-harness"])
 def test_solution_notebook_runs_end_to_end_on_stand_in_data(monkeypatch, fast_harness):
     """Every code cell of the solution notebook runs in order (no GPU, no download: the data cell is
@@ -290,6 +299,7 @@ def test_the_examples_made_from_the_handout_are_current():
     assert [c.source for c in zipped.cells] == [c.source for c in built.cells], rebuild
 
 
+@pytest.mark.slow
 def test_diagram_file_example_shows_its_picture():
     report = grade_submission(EXAMPLES / "s1005_diagram_file.zip", accuracy="off")
     diagram = report.check("task1.diagram")
@@ -298,6 +308,7 @@ def test_diagram_file_example_shows_its_picture():
     assert report.automatic_checks_passed and not any("picture" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_self_check_cell_shows_a_table(built, monkeypatch, capsys):
     import types
 

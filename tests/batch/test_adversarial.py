@@ -29,7 +29,7 @@ CHALLENGE_SEED = 20261128  # the batch's secret seed, reused for the honest stud
 SECRET = f"grader-secret-{TOKEN}"
 HONEST_MARKER = f"honest-student-{TOKEN}"
 ISOLATED = available_levels()[0] == "bwrap"
-pytestmark = [pytest.mark.skipif(not ISOLATED, reason="the adversarial corpus needs bubblewrap (installed by .ci/run)"),
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not ISOLATED, reason="the adversarial corpus needs bubblewrap (installed by .ci/run)"),
               pytest.mark.timeout(1200)]
 
 

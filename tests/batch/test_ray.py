@@ -16,7 +16,7 @@ from grader.report import Report
 from ..conftest import EXAMPLES
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (installed with the test extra)")
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

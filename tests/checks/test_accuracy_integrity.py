@@ -23,7 +23,7 @@ from grader.training.trainer import DeviceData
 
 from ..conftest import HANDOUT_SOURCE
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TEST_IMAGES = 200
 
 

@@ -211,25 +211,30 @@ def _failed(report, check_id: str) -> str:
     return check.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["detached_class_token", "detached_class_token_forged_gradients"])
 def test_a_detached_class_token_fails_props_gradients_even_with_a_forged_worker(graded, name):
     message = _failed(graded[name], "props.gradients")
     assert "class_token" in message and "reference's gradients" in message
 
 
+@pytest.mark.slow
 def test_a_hard_coded_vit_that_hides_its_failure_fails_shapes_vit_config(graded):
     assert "never called" in _failed(graded["hard_coded_returns_zeros"], "shapes.vit_config")
 
 
+@pytest.mark.slow
 def test_nan_attention_weights_fail_props_attention_softmax(graded):
     assert "NaN" in _failed(graded["nan_attention_weights"], "props.attention_softmax")
 
 
+@pytest.mark.slow
 def test_an_empty_output_fails_the_properties_it_would_vacuously_pass(graded):
     for check_id in ("props.batch_independence", "props.determinism"):
         assert "!= expected (" in _failed(graded["empty_output"], check_id)
 
 
+@pytest.mark.slow
 def test_a_lookup_table_for_the_bundles_vectors_fails_instructor_grading(tmp_path):
     rubric = _rubric(("equiv.vit",))
     submissions = tmp_path / "submissions"

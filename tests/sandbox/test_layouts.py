@@ -31,7 +31,7 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 NON_ROOT = "vitgrade-ci"
 RUNUSER = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
 
-pytestmark = pytest.mark.skipif("bwrap" not in available_levels(), reason="needs bubblewrap")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif("bwrap" not in available_levels(), reason="needs bubblewrap")]
 
 
 def make_venv(folder: Path, python: str = sys.executable, copies: bool = False, owner: str | None = None) -> Path:

@@ -24,6 +24,8 @@ class Net(torch.nn.Module):
         return self.lin(x)
 """
 LEVELS = available_levels()
+# Every test here starts a sandboxed worker (seconds each, about 30 of them): CI runs them, the fast loop does not.
+pytestmark = pytest.mark.slow
 ISOLATED = [level for level in LEVELS if level != "none"]
 
 

@@ -138,6 +138,7 @@ def test_out_of_memory_stops_with_a_message(synthetic):
     assert outcome.arrays["predictions"].shape == (16,)
 
 
+@pytest.mark.slow
 def test_bench_measures_both_loops_in_one_run():
     from grader.training.bench import bench
 
@@ -186,6 +187,7 @@ def quick_rubric():
     return rubric
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("name, source, passes", [
     ("handout", HANDOUT_SOURCE, True),
@@ -212,6 +214,7 @@ def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, na
     assert "attention.png" in report.attachments or not passes
 
 
+@pytest.mark.slow
 def test_accuracy_check_is_skipped_with_the_reason_when_there_is_no_data(tmp_path, quick_rubric):
     report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=quick_rubric, accuracy="quick",
                               data_dir=tmp_path)
@@ -220,6 +223,7 @@ def test_accuracy_check_is_skipped_with_the_reason_when_there_is_no_data(tmp_pat
     assert report.max_score == 2  # a skipped check counts in neither score nor max score
 
 
+@pytest.mark.slow
 def test_calibrate_suggests_a_margin_caches_the_baseline_and_writes_the_rubric(tmp_path, monkeypatch, synthetic, capsys):
     import tomlkit
 
@@ -303,6 +307,7 @@ def digits_graded(digits, tmp_path_factory):
     return reports
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_quick_recipe_learns_digits_a_correct_model_passes_clearly_and_a_constant_one_fails(digits_graded):
     correct = digits_graded["correct"].check("train.accuracy")
@@ -319,6 +324,7 @@ def test_quick_recipe_learns_digits_a_correct_model_passes_clearly_and_a_constan
     assert constant.details["accuracy"] <= constant.details["chance"] < constant.details["threshold"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuses_it(digits, tmp_path, monkeypatch,
                                                                                       capsys):
