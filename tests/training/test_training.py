@@ -189,12 +189,12 @@ def quick_rubric():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+# The handout's own classes and a constant output are graded with the same shipped recipe on real digits
+# (test_quick_recipe_learns_digits_...); here, another correct style and another model that cannot learn.
 @pytest.mark.parametrize("name, source, passes", [
-    ("handout", HANDOUT_SOURCE, True),
     ("separate_qkv", EXAMPLES / "s1002_separate_qkv.py", True),
-    ("constant_output", CONSTANT_OUTPUT, False),
     ("detached_encoder", DETACHED_ENCODER, False),
-], ids=["handout", "separate_qkv", "constant_output", "detached_encoder"])
+], ids=["separate_qkv", "detached_encoder"])
 def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, name, source, passes):
     monkeypatch.setenv("XDG_CACHE_HOME", str(synthetic[0] / "cache"))  # the reference baseline, measured once
     path = source if not isinstance(source, str) else tmp_path / f"{name}.py"
@@ -320,8 +320,12 @@ def test_quick_recipe_learns_digits_a_correct_model_passes_clearly_and_a_constan
     assert correct.status == "passed", correct.message
     assert details["accuracy"] >= details["threshold"] + 0.1, correct.message  # a clear margin
     assert details["accuracy_source"] == "reference"
+    assert details["precision"] in ("float32", "bfloat16")
+    assert "attention.png" in digits_graded["correct"].attachments
     assert constant.status == "failed", constant.message
     assert constant.details["accuracy"] <= constant.details["chance"] < constant.details["threshold"]
+    assert constant.details["threshold"] <= constant.details["reference_accuracy"]
+    assert "does not learn" in constant.message or "stopped" in constant.message
 
 
 @pytest.mark.slow
