@@ -147,6 +147,7 @@ def test_a_fifo_named_like_a_submission_is_refused_not_read(tmp_path):
     assert content_digest(tmp_path / "pipe.py")
 
 
+@pytest.mark.slow
 def test_check_exits_2_without_a_traceback_on_broken_intake(tmp_path):
     for kind in ("unary chain (MemoryError in ast.parse)", "encrypted zip member (RuntimeError)"):
         name, make = BROKEN_INTAKE[kind]
@@ -416,6 +417,7 @@ HOSTILE_SUBMISSION = '''class Attack:
 ''' + HANDOUT_SOURCE.replace("class FNN(nn.Module):\n", "class FNN(nn.Module):\n    attack = Attack\n")
 
 
+@pytest.mark.slow
 def test_a_hostile_class_never_stops_the_batch(tmp_path, code_rubric_file):
     """One batch: an honest student; a submission whose name grows past 255 bytes under NFC, whose
     output holds escapes and fences and whose error holds a lone surrogate; intake-breaking files

@@ -30,6 +30,20 @@ def built(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def instructor_report():
+    """The instructor's grading (accuracy off) of a submission, graded once for the module and shared by the tests
+    that read it (a report is deterministic: tests/batch/test_adversarial.py::test_grading_is_deterministic)."""
+    reports: dict[Path, object] = {}
+
+    def grade(path: Path):
+        if path not in reports:
+            reports[path] = grade_submission(path, accuracy="off")
+        return reports[path]
+
+    return grade
+
+
 def _shape(notebook: nbformat.NotebookNode) -> list[tuple[str, str, tuple[str, ...]]]:
     return [(c.id, c.cell_type, tuple(c.metadata.get("tags", []))) for c in notebook.cells]
 
@@ -50,6 +64,7 @@ def test_notebooks_validate_and_both_languages_have_the_same_cells_and_tags(vers
     assert "ViTクラスの定義" in "\n".join(c.source for c in ja.cells)
 
 
+@pytest.mark.slow
 def test_written_files(built):
     names = sorted(str(p.relative_to(built)) for p in built.rglob("*") if p.is_file() and "vitgrade_student" not in
                    p.parts)
@@ -82,15 +97,17 @@ def test_handout_defects_are_fixed():
     assert ", ".join(f"{k}={v}" for k, v in second.items()) in text
 
 
-def test_filled_notebook_gets_every_automatic_point(built):
+@pytest.mark.slow
+def test_filled_notebook_gets_every_automatic_point(built, instructor_report):
     for lang in LANGUAGES:
-        report = grade_submission(built / f"instructor/vit_cifar10_{lang}_solution.ipynb", accuracy="off")
+        report = instructor_report(built / f"instructor/vit_cifar10_{lang}_solution.ipynb")
         failing = {c.id: c.message for c in report.checks if c.status not in ("passed", "skipped", "manual")}
         assert failing == {}
         assert {c.id for c in report.checks if c.status == "manual"} == set(MANUAL_TASKS)
         assert all(report.check(t).status == "passed" for t in AUTOMATIC_TASKS)
 
 
+@pytest.mark.slow
 def test_unfilled_notebook_says_not_implemented_yet_per_check(built):
     report = grade_submission(built / "student/vit_cifar10_ja.ipynb", accuracy="off")
     assert report.status == "graded"
@@ -103,6 +120,7 @@ def test_unfilled_notebook_says_not_implemented_yet_per_check(built):
         assert by_id[check_id].status == "failed" and "not answered yet" in by_id[check_id].message, check_id
 
 
+@pytest.mark.slow
 def test_task1_names_wrong_stages_without_giving_the_answer(tmp_path, built):
     notebook = nbformat.read(built / "instructor/vit_cifar10_en_solution.ipynb", 4)
     cell = next(c for c in notebook.cells if "task1-shapes" in c.metadata.get("tags", []))
@@ -125,6 +143,7 @@ def _run_bundle(bundle: Path, submission: Path, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_bundle_has_no_solution_code(built):
     bundle = built / "student/vitgrade_student"
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
@@ -142,6 +161,7 @@ def test_bundle_has_no_solution_code(built):
     assert "grader/test_vectors.npz" in files
 
 
+@pytest.mark.slow
 def test_the_bundle_is_one_wheel_that_pip_installs_and_the_notebook_installs(built, tmp_path):
     """Colab uploads files, not folders: the self-check is one wheel, installed without a build step."""
     import zipfile
@@ -167,7 +187,9 @@ def test_the_bundle_is_one_wheel_that_pip_installs_and_the_notebook_installs(bui
     assert "%pip install -q vitgrade_student-*.whl" in cell.source
 
 
-def test_bundle_checks_agree_with_the_instructors(built, tmp_path):
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ten gradings and two `vitgrade check` processes: minutes on a busy 2-core machine
+def test_bundle_checks_agree_with_the_instructors(built, tmp_path, instructor_report):
     bundle = built / "student/vitgrade_student"
     vectors = VectorExpected(bundle / "grader/test_vectors.npz")
     student_rubric = load_rubric(bundle / "assignments/vit_cifar10/rubric.toml")
@@ -175,17 +197,18 @@ def test_bundle_checks_agree_with_the_instructors(built, tmp_path):
     submissions = [EXAMPLES / "s1002_separate_qkv.py", EXAMPLES / "s2001_softmax_axis.ipynb",
                    EXAMPLES / "s2003_heads_no_transpose.py", built / "student/vit_cifar10_en.ipynb"]
     for submission in submissions:
-        instructor = grade_submission(submission, accuracy="off")
+        instructor = instructor_report(submission)
         in_process = grade_submission(submission, accuracy="off", expected=vectors)
         assert [(c.id, c.status, c.message) for c in in_process.checks] == \
             [(c.id, c.status, c.message) for c in instructor.checks], submission.name
     for submission in (submissions[1], built / "instructor/vit_cifar10_ja_solution.ipynb"):
-        instructor = {c.id: (c.status, c.message) for c in grade_submission(submission, accuracy="off").checks}
+        instructor = {c.id: (c.status, c.message) for c in instructor_report(submission).checks}
         bundled = {c["id"]: (c["status"], c["message"]) for c in _run_bundle(bundle, submission, tmp_path)["checks"]}
         assert {k: v for k, v in instructor.items() if k in bundled} == bundled
         assert set(instructor) - set(bundled) == {"task2.choice"}
 
 
+@pytest.mark.slow
 def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     import pandas as pd
 
@@ -215,6 +238,7 @@ def test_ta_sheet_goes_round_trip_through_manual(built, tmp_path):
     assert "2 written answers await a TA" in (out / "summary.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_harness", [False, True], ids=["handout-loop", "fast-harness"])
 def test_solution_notebook_runs_end_to_end_on_stand_in_data(monkeypatch, fast_harness):
     """Every code cell of the solution notebook runs in order (no GPU, no download: the data cell is
@@ -290,6 +314,7 @@ def test_the_examples_made_from_the_handout_are_current():
     assert [c.source for c in zipped.cells] == [c.source for c in built.cells], rebuild
 
 
+@pytest.mark.slow
 def test_diagram_file_example_shows_its_picture():
     report = grade_submission(EXAMPLES / "s1005_diagram_file.zip", accuracy="off")
     diagram = report.check("task1.diagram")
@@ -298,6 +323,7 @@ def test_diagram_file_example_shows_its_picture():
     assert report.automatic_checks_passed and not any("picture" in w for w in report.warnings)
 
 
+@pytest.mark.slow
 def test_self_check_cell_shows_a_table(built, monkeypatch, capsys):
     import types
 

@@ -24,6 +24,7 @@ def vitgrade(*args: str, timeout: float = 600, **kwargs) -> subprocess.Completed
                           **kwargs)
 
 
+@pytest.mark.slow
 def test_help_lists_the_commands():
     result = vitgrade("--help")
     assert result.returncode == 0
@@ -31,6 +32,7 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_check_correct_submission_exits_0_and_writes_json_and_junit(tmp_path, code_rubric_file):
     # s1003 rather than s1002: s1002's Conv2d patch embedding is correct math the handout's rules forbid.
     result = vitgrade("check", str(EXAMPLES / "s1003_loop_heads"), "--accuracy", "off", "--rubric", str(code_rubric_file),
@@ -47,6 +49,7 @@ def test_check_correct_submission_exits_0_and_writes_json_and_junit(tmp_path, co
     assert int(suite.get("failures")) == 0 and int(suite.get("tests")) == len(report["checks"])
 
 
+@pytest.mark.slow
 def test_check_buggy_submission_exits_1_with_a_pointed_message(tmp_path):
     result = vitgrade("check", str(EXAMPLES / "s2002_textbook_residual.py"), "--accuracy", "off",
                       "--junit", str(tmp_path / "j.xml"))
@@ -56,6 +59,7 @@ def test_check_buggy_submission_exits_1_with_a_pointed_message(tmp_path):
     assert any("normalised input" in f.get("message") for f in failures)
 
 
+@pytest.mark.slow
 def test_check_usage_errors_exit_2(tmp_path):
     assert vitgrade("check", str(tmp_path / "missing.ipynb")).returncode == 2
     (tmp_path / "bad.ipynb").write_text("{oops", encoding="utf-8")
@@ -85,6 +89,7 @@ def batch_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_grade_a_class(batch_dir, tmp_path, code_rubric_file):
     out = tmp_path / "out"
     roster = tmp_path / "roster.csv"
@@ -118,6 +123,7 @@ def test_grade_a_class(batch_dir, tmp_path, code_rubric_file):
     assert again.returncode == 0 and "0 graded, 5 up to date" in again.stdout
 
 
+@pytest.mark.slow
 def test_grade_refuses_a_second_grader_on_the_same_output(batch_dir, tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "grader", "grade", str(batch_dir), "--out", str(out),
@@ -134,6 +140,7 @@ def test_grade_refuses_a_second_grader_on_the_same_output(batch_dir, tmp_path):
         first.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [1, 3, "random"])
 def test_killed_batch_resumes_without_losing_or_regrading(batch_dir, tmp_path, kill_after):
     """SIGKILL the whole grader after N reports (or at a random moment), then resume."""
@@ -160,6 +167,7 @@ def test_killed_batch_resumes_without_losing_or_regrading(batch_dir, tmp_path, k
     assert len(pd.read_csv(out / "gradebook.csv")) == 5
 
 
+@pytest.mark.slow
 def test_grade_usage_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     result = vitgrade("grade", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
@@ -168,6 +176,7 @@ def test_grade_usage_errors(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_zip_in_a_moodle_submission_folder_is_read_as_in_canvas_layout(tmp_path):
     """Moodle delivers each upload in a folder per student; a zip handed in arrives as a zip in that folder."""
     import zipfile
@@ -191,6 +200,7 @@ def test_a_zip_in_a_moodle_submission_folder_is_read_as_in_canvas_layout(tmp_pat
     assert "ignored: old.zip" in " ".join(load_submission(moodle).warnings)
 
 
+@pytest.mark.slow
 def test_grade_refuses_a_bad_roster_or_ta_sheet_before_grading_anyone(batch_dir, tmp_path):
     out = tmp_path / "out"
     result = vitgrade("grade", str(batch_dir), "--out", str(out), "--roster", str(tmp_path / "rooster.csv"))

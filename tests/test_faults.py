@@ -36,12 +36,14 @@ def starving_rubric(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_preflight_passes_with_the_students_limits():
     result = preflight(Limits())
     assert result.ok, result.message
     assert result.seconds > 0 and "preflight passed" in result.describe()
 
 
+@pytest.mark.slow
 def test_grade_stops_before_any_student_when_the_sandbox_cannot_run_known_good_code(
         starving_rubric, tmp_path, capsys):
     out = tmp_path / "out"
@@ -54,6 +56,7 @@ def test_grade_stops_before_any_student_when_the_sandbox_cannot_run_known_good_c
     assert not (out / "challenges.jsonl").exists()  # the run's seed is drawn early, recorded only after the preflight
 
 
+@pytest.mark.slow
 def test_a_sandbox_that_fails_before_loading_is_a_grader_fault(starving_rubric, tmp_path, capsys):
     # `check` has no preflight: the worker dying before the code is loaded says whose fault it is.
     rubric = load_rubric(starving_rubric)
@@ -71,6 +74,7 @@ def test_a_sandbox_that_fails_before_loading_is_a_grader_fault(starving_rubric, 
     assert "the grader failed, not the submission" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_worker_file_is_a_grader_fault_with_the_cause(monkeypatch, tmp_path):
     files = dict(isolation_module.worker_files())
     files["worker.py"] = tmp_path / "missing_worker.py"
@@ -82,6 +86,7 @@ def test_missing_worker_file_is_a_grader_fault_with_the_cause(monkeypatch, tmp_p
     assert "stderr" in info.value.message or "could not be started" in info.value.message, info.value.message
 
 
+@pytest.mark.slow
 def test_a_student_crash_is_still_the_submissions_fault():
     with Sandbox("import os\nos._exit(3)\n") as sandbox, pytest.raises(SandboxError) as info:
         sandbox.start()
@@ -95,6 +100,7 @@ def test_grader_faults_count_as_no_lost_points():
     assert (report.score, report.max_score) == (2, 3) and report.needs_regrade
 
 
+@pytest.mark.slow
 def test_a_reply_larger_than_the_request_can_need_is_refused_before_it_is_read():
     code = ("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
             "        self.attn_weights = torch.zeros(2, 64, 1024, 1024)\n        return x\n")
@@ -119,6 +125,7 @@ def hold_gil(seconds: float) -> None:
         sys.setswitchinterval(interval)
 
 
+@pytest.mark.slow
 def test_a_busy_parent_does_not_expire_a_students_deadline():
     # The worker answers at once, but this process holds the GIL (as a slow parse of another student's
     # answer would) past the request's deadline: the reply is on time, and the stall is not charged.
@@ -138,6 +145,7 @@ def test_a_busy_parent_does_not_expire_a_students_deadline():
     assert np.array_equal(reply.arrays["y"], 2 * np.ones((2, 4)))
 
 
+@pytest.mark.slow
 def test_doctor_says_what_it_sees_and_whether_grading_works(capsys, starving_rubric):
     assert main(["doctor", "--accuracy", "off"]) == 0
     out = capsys.readouterr().out
@@ -175,6 +183,7 @@ def test_course_ci_installs_what_the_course_hands_out_and_says_the_isolation_lev
     assert "vitgrade doctor" in runs and "GITHUB_STEP_SUMMARY" in runs
 
 
+@pytest.mark.slow
 def test_a_batch_stops_after_consecutive_grader_faults_and_regrades_them_next_time(starving_rubric, tmp_path):
     import pandas as pd
 
@@ -198,6 +207,7 @@ def test_a_batch_stops_after_consecutive_grader_faults_and_regrades_them_next_ti
     assert stored_report(tmp_path / "out", entry, fingerprint(entry.path, rubric, "off")) == ("", None)
 
 
+@pytest.mark.slow
 def test_the_request_clock_does_not_count_the_graders_own_stall():
     from grader.sandbox.client import RequestClock
 

@@ -10,7 +10,7 @@ import torch
 
 from grader.batch.grading import grade_submission
 
-from .conftest import code_rubric
+from ..conftest import code_rubric
 from .corpus import HANDOUT_POLICY, MUTANTS, variants
 from .corpus_styles import COURSE_REVISION, DIFFERENCES, POLICY_EXEMPT, STYLES
 
@@ -48,7 +48,7 @@ def test_corpus_size():
     assert len(STYLES) >= 12 and len(DIFFERENCES) >= 12
 
 
-pytestmark = pytest.mark.timeout(2400)  # the fixture grades about 60 submissions
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the fixture grades about 60 submissions
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.name)

@@ -22,14 +22,14 @@ from grader.batch.run import BatchOptions, grade_batch
 from grader.expected import challenge_expected
 from grader.sandbox import available_levels
 
-from .conftest import HANDOUT_SOURCE, code_rubric
+from ..conftest import HANDOUT_SOURCE, code_rubric
 
 TOKEN = uuid.uuid4().hex[:12]
 CHALLENGE_SEED = 20261128  # the batch's secret seed, reused for the honest student's baseline
 SECRET = f"grader-secret-{TOKEN}"
 HONEST_MARKER = f"honest-student-{TOKEN}"
 ISOLATED = available_levels()[0] == "bwrap"
-pytestmark = [pytest.mark.skipif(not ISOLATED, reason="the adversarial corpus needs bubblewrap (installed by .ci/run)"),
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not ISOLATED, reason="the adversarial corpus needs bubblewrap (installed by .ci/run)"),
               pytest.mark.timeout(1200)]
 
 

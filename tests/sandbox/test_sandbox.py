@@ -24,6 +24,8 @@ class Net(torch.nn.Module):
         return self.lin(x)
 """
 LEVELS = available_levels()
+# Every test here starts a sandboxed worker (seconds each, about 30 of them): CI runs them, the fast loop does not.
+pytestmark = pytest.mark.slow
 ISOLATED = [level for level in LEVELS if level != "none"]
 
 
@@ -287,3 +289,25 @@ def test_grading_takes_a_launched_worker_only_when_it_has_the_submissions_limits
     launched.launch()
     with _sandbox(net(), right, None, launched) as taken:
         assert taken is launched and taken.start()["classes"] == ["Net"]
+
+
+def test_worker_trace_records_parameter_use_in_order_and_materialises_lazy_layers():
+    """What the mapping by execution reads (tests/checks/test_mapping.py feeds it such traces)."""
+    code = ("import torch.nn as nn\n"
+            "class FNN(nn.Module):\n"
+            "    def __init__(self, d, f):\n"
+            "        super().__init__()\n"
+            "        self.b = nn.LazyLinear(d)\n"
+            "        self.a = nn.LazyLinear(f)\n"
+            "        self.norm = nn.LayerNorm(d, eps=1e-6)\n"
+            "    def forward(self, x):\n"
+            "        return self.b(nn.functional.gelu(self.a(self.norm(x))))\n")
+    with Sandbox(code) as sandbox:
+        reply = sandbox.request("build", {"handle": "f", "class": "FNN", "args": [8, 12], "kwargs": {},
+                                          "probe_shape": [1, 5, 8]}, timeout=60)
+        shapes = {p["name"]: p["shape"] for p in reply.header["params"]}
+        events = sandbox.request("trace", {"handle": "f"}, {"x": np.zeros((2, 5, 8))}, timeout=60).header["events"]
+    assert shapes["a.weight"] == [12, 8] and shapes["b.weight"] == [8, 12]
+    assert [e["op"] for e in events] == ["layer_norm", "linear", "linear"]
+    assert events[0]["eps"] == pytest.approx(1e-6)
+    assert [e["params"][0] for e in events] == ["norm.weight", "a.weight", "b.weight"]

@@ -24,14 +24,14 @@ import pytest
 
 from grader.sandbox import available_levels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "fixtures" / "handout_vit.py"  # the handout's own classes: a correct submission
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 NON_ROOT = "vitgrade-ci"
 RUNUSER = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
 
-pytestmark = pytest.mark.skipif("bwrap" not in available_levels(), reason="needs bubblewrap")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif("bwrap" not in available_levels(), reason="needs bubblewrap")]
 
 
 def make_venv(folder: Path, python: str = sys.executable, copies: bool = False, owner: str | None = None) -> Path:

@@ -15,7 +15,7 @@ from grader.training import data
 from grader.training.bench import forward_flops
 from grader.training.trainer import DeviceData, train_and_predict
 
-from .conftest import EXAMPLES, HANDOUT_SOURCE
+from ..conftest import EXAMPLES, HANDOUT_SOURCE
 
 # The device-agnostic parts run on every device this machine has; CUDA is reported as skipped without one.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
@@ -139,6 +139,7 @@ def test_out_of_memory_stops_with_a_message(synthetic):
     assert outcome.arrays["predictions"].shape == (16,)
 
 
+@pytest.mark.slow
 def test_bench_measures_both_loops_in_one_run():
     from grader.training.bench import bench
 
@@ -187,19 +188,21 @@ def quick_rubric():
     return rubric
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
+# The handout's own classes and a constant output are graded with the same shipped recipe on real digits
+# (test_quick_recipe_learns_digits_...); here, another correct style and another model that cannot learn.
 @pytest.mark.parametrize("name, source, passes", [
-    ("handout", HANDOUT_SOURCE, True),
     ("separate_qkv", EXAMPLES / "s1002_separate_qkv.py", True),
-    ("constant_output", CONSTANT_OUTPUT, False),
     ("detached_encoder", DETACHED_ENCODER, False),
-], ids=["handout", "separate_qkv", "constant_output", "detached_encoder"])
+], ids=["separate_qkv", "detached_encoder"])
 def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, name, source, passes):
     monkeypatch.setenv("XDG_CACHE_HOME", str(synthetic[0] / "cache"))  # the reference baseline, measured once
     path = source if not isinstance(source, str) else tmp_path / f"{name}.py"
     if isinstance(source, str):
         path.write_text(source, encoding="utf-8")
-    report = grade_submission(path, rubric=quick_rubric, accuracy="quick", data_dir=synthetic[0] / "npz")
+    report = grade_submission(path, rubric=quick_rubric, accuracy="quick", data_dir=synthetic[0] / "npz",
+                              threads=1)
     check = report.check("train.accuracy")
     details = check.details
     assert check.status in ("passed", "failed"), check.message
@@ -212,6 +215,7 @@ def test_quick_accuracy_check(tmp_path, monkeypatch, synthetic, quick_rubric, na
     assert "attention.png" in report.attachments or not passes
 
 
+@pytest.mark.slow
 def test_accuracy_check_is_skipped_with_the_reason_when_there_is_no_data(tmp_path, quick_rubric):
     report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=quick_rubric, accuracy="quick",
                               data_dir=tmp_path)
@@ -220,6 +224,7 @@ def test_accuracy_check_is_skipped_with_the_reason_when_there_is_no_data(tmp_pat
     assert report.max_score == 2  # a skipped check counts in neither score nor max score
 
 
+@pytest.mark.slow
 def test_calibrate_suggests_a_margin_caches_the_baseline_and_writes_the_rubric(tmp_path, monkeypatch, synthetic, capsys):
     import tomlkit
 
@@ -237,7 +242,7 @@ def test_calibrate_suggests_a_margin_caches_the_baseline_and_writes_the_rubric(t
     rubric = tmp_path / "rubric.toml"
     rubric.write_text(tomlkit.dumps(document), encoding="utf-8")
     written = tmp_path / "calibrated.toml"
-    from .test_accuracy_integrity import easy_dataset
+    from ..checks.test_accuracy_integrity import easy_dataset
 
     easy = data.write_npz(easy_dataset(), tmp_path / "easy" / "easy.npz").parent
     assert main(["calibrate", "--accuracy", "quick", "--seeds", "2", "--rubric", str(rubric),
@@ -298,10 +303,12 @@ def digits_graded(digits, tmp_path_factory):
         for name, source in (("correct", HANDOUT_SOURCE), ("constant_output", CONSTANT_OUTPUT)):
             path = work / f"{name}.py"
             path.write_text(source, encoding="utf-8")
-            reports[name] = grade_submission(path, rubric=_digits_rubric(), accuracy="quick", data_dir=digits)
+            reports[name] = grade_submission(path, rubric=_digits_rubric(), accuracy="quick", data_dir=digits,
+                                             threads=1)
     return reports
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_quick_recipe_learns_digits_a_correct_model_passes_clearly_and_a_constant_one_fails(digits_graded):
     correct = digits_graded["correct"].check("train.accuracy")
@@ -314,10 +321,15 @@ def test_quick_recipe_learns_digits_a_correct_model_passes_clearly_and_a_constan
     assert correct.status == "passed", correct.message
     assert details["accuracy"] >= details["threshold"] + 0.1, correct.message  # a clear margin
     assert details["accuracy_source"] == "reference"
+    assert details["precision"] in ("float32", "bfloat16")
+    assert "attention.png" in digits_graded["correct"].attachments
     assert constant.status == "failed", constant.message
     assert constant.details["accuracy"] <= constant.details["chance"] < constant.details["threshold"]
+    assert constant.details["threshold"] <= constant.details["reference_accuracy"]
+    assert "does not learn" in constant.message or "stopped" in constant.message
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuses_it(digits, tmp_path, monkeypatch,
                                                                                       capsys):
@@ -330,7 +342,7 @@ def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuse
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     weak = {"min_steps": 0, "augment": True}
     report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=_digits_rubric(weak), accuracy="quick",
-                              data_dir=digits)
+                              data_dir=digits, threads=1)
     check = report.check("train.accuracy")
     assert check.status == "error" and check.fault == "grader", check.message
     assert "no verdict on your model: the reference itself reaches only" in check.message

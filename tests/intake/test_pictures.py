@@ -21,7 +21,7 @@ from grader.cli import main
 from grader.intake import load_submission
 from grader.intake.pictures import MAX_PICTURES, MAX_SIDE, PictureError, extract_pictures, to_png
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 DIAGRAM_CELL = "task1-diagram"
 
@@ -169,6 +169,7 @@ def test_hostile_tags_are_not_answers(tmp_path):
     assert "task1-../../../evil" not in submission.answers and list(submission.answer_pictures) == [DIAGRAM_CELL]
 
 
+@pytest.mark.slow
 def test_pictures_reach_the_report_the_ta_sheet_and_survive_the_merge(tmp_path):
     nb = solution_notebook("**課題１ (1)**\n\n![image.png](attachment:image.png)",
                            {"image.png": {"image/png": b64(png(50, 25))}})

@@ -13,10 +13,10 @@ import pytest
 from grader.batch.run import BatchOptions, Entry, grade_batch, local_executor
 from grader.report import Report
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (installed with the test extra)")
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

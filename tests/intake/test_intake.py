@@ -13,7 +13,7 @@ import pytest
 from grader.intake import IntakeError, load_submission
 from grader.intake.naming import student_id_from_name
 
-from .conftest import EXAMPLES, HANDOUT_SOURCE
+from ..conftest import EXAMPLES, HANDOUT_SOURCE
 
 
 def write_notebook(path: Path, cells: list[tuple[str, str]], tags: dict[int, list[str]] | None = None) -> Path:

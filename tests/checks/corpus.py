@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .conftest import EXAMPLES, HANDOUT_SOURCE
+from ..conftest import EXAMPLES, HANDOUT_SOURCE
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def test_canvas_matches_by_sis_login_and_scales(graded, tmp_path):
     assert len(result.filled) == 2
 
 
+@pytest.mark.slow
 def test_canvas_bad_assignment_names_the_choices(graded, tmp_path):
     from grader.lms.canvas import export_canvas
     from grader.lms.common import ExportError
@@ -220,6 +221,7 @@ def _files(folder: Path) -> dict[str, str]:
             for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_release_leaks_nothing_instructor_only(graded, tmp_path):
     rubric = load_rubric(_visibility_rubric(tmp_path))
     dest = tmp_path / "release"
@@ -254,6 +256,7 @@ def test_release_leaks_nothing_instructor_only(graded, tmp_path):
     assert _reports(graded)["102"].check("equiv.vit") is not None
 
 
+@pytest.mark.slow
 def test_export_folder_zip_and_cli_usage_errors(graded, tmp_path):
     dest = tmp_path / "feedback.zip"
     # A report graded with another rubric than the bundled one: its visibility is unknown, so refuse.
@@ -293,6 +296,7 @@ def _gradescope_rubric(tmp_path: Path, code_rubric_file: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_gradescope_autograder_runs_in_a_laid_out_root(tmp_path, code_rubric_file):
     """Build autograder.zip, lay out Gradescope's /autograder tree in a temporary root and run
     run_autograder there. setup.sh's installation is NOT run here (it needs apt and PyPI): the
@@ -340,11 +344,12 @@ def test_gradescope_autograder_runs_in_a_laid_out_root(tmp_path, code_rubric_fil
     assert "2 days late" in results["output"]
 
 
+@pytest.mark.slow
 def test_gradescope_autograder_results_say_grader_failure(tmp_path):
     """A broken autograder (here: no rubric) still leaves a results.json, which blames the grader."""
     root = tmp_path / "autograder"
     (root / "submission").mkdir(parents=True)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     ran = subprocess.run([sys.executable, "-m", "grader.lms.gradescope_autograder", "--root", str(root)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1
@@ -352,6 +357,7 @@ def test_gradescope_autograder_results_say_grader_failure(tmp_path):
     assert results["extra_data"] == {"fault": "grader"} and "not because of your submission" in results["output"]
 
 
+@pytest.mark.slow
 def test_gradescope_autograder_source_installs_with_pip(tmp_path):
     """The zip's package folder is pip-installable and carries its templates and rubric (no dependencies
     fetched: --no-deps --no-index)."""
@@ -472,6 +478,7 @@ def test_late_policy_applied_to_a_graded_folder(graded, tmp_path):
     assert not any(w.startswith("late policy:") for w in reports["105"].warnings + reports["999"].warnings)
 
 
+@pytest.mark.slow
 def test_grade_refuses_late_inputs_without_a_deadline_before_grading(tmp_path):
     from assignments import assignment_dir
 
@@ -560,6 +567,7 @@ def test_release_again_drops_a_student_held_back_since(graded, tmp_path):
     assert (other / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_grade_applies_the_late_policy_end_to_end(tmp_path, code_rubric_file):
     """`vitgrade grade` with a [late] rubric, --submitted for one student and a file time for the other."""
     import os

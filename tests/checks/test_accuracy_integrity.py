@@ -22,9 +22,9 @@ from grader.training import data
 from grader.training.calibration import AccuracySpec, cache_file, reference_run
 from grader.training.trainer import DeviceData
 
-from .conftest import HANDOUT_SOURCE
+from ..conftest import HANDOUT_SOURCE
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TEST_IMAGES = 200
 
 
@@ -75,7 +75,7 @@ def cache(tmp_path_factory, monkeypatch):
 def grade(tmp_path: Path, source: str, rubric, dataset_root: Path):
     path = tmp_path / "submission.py"
     path.write_text(source, encoding="utf-8")
-    return grade_submission(path, rubric=rubric, accuracy="quick", data_dir=dataset_root)
+    return grade_submission(path, rubric=rubric, accuracy="quick", data_dir=dataset_root, threads=1)
 
 
 def at_load(body: str) -> str:

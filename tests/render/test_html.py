@@ -15,11 +15,12 @@ import pytest
 
 from grader.batch.run import BatchOptions, grade_batch
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")]
 
 
 def _with_pasted_diagram(source: Path, target: Path) -> None:
@@ -49,8 +50,10 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     """A graded class with a trained model's pictures, so every kind of content is on a page."""
     from grader.training import data
 
+    from ..checks.test_accuracy_integrity import easy_dataset
+
     root = tmp_path_factory.mktemp("html")
-    data.write_npz(data.synthesize(train=600, test=100, seed=2), root / "data" / "synthetic.npz")
+    data.write_npz(easy_dataset(), root / "data" / "easy.npz")
     submissions = root / "subs"
     submissions.mkdir()
     _with_pasted_diagram(EXAMPLES / "s1004_handout_ja_filled.ipynb", submissions / "s1004.ipynb")
@@ -58,12 +61,19 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     (submissions / "s3003.ipynb").write_text("{broken", encoding="utf-8")
     from grader.rubric import load_rubric
 
+    # The pages need a trained model's pictures, not a good model: the small model and data the accuracy
+    # tests train in seconds (tests/checks/test_accuracy_integrity.py), with the shipped number of attention maps.
     rubric = load_rubric()
-    rubric.accuracy["quick"].update(train_images=600, test_images=100)
-    rubric.accuracy["quick"]["recipe"] = dataclasses.replace(rubric.accuracy["quick"]["recipe"], epochs=1, batch_size=100)
+    quick = rubric.accuracy["quick"]
+    quick.update(train_images=600, test_images=200, margin=0.1,
+                 config={**quick["config"], "dim_hidden": 32, "num_heads": 2, "dim_feedforward": 64, "num_layers": 1})
+    quick["recipe"] = dataclasses.replace(quick["recipe"], epochs=1, min_steps=100, batch_size=64, lr=0.004,
+                                          max_seconds=900)
     out = root / "out"
+    # Two workers of one torch thread each (a worker's threads are the cores over the workers): one training
+    # thread per core, which a busy machine slows far less than two per worker.
     grade_batch([submissions], BatchOptions(out=out, rubric=rubric, accuracy="quick", data_dir=root / "data",
-                                            progress=False))
+                                            progress=False, workers=2))
     return {"summary": out / "summary.html", "report": out / "students/s1004/report.html",
             "ta-sheet": out / "ta_sheet.html",
             "report-failing": out / "students/s2002/report.html", "report-error": out / "students/s3003/report.html"}

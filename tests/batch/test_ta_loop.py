@@ -19,7 +19,7 @@ from grader.batch.run import BatchOptions, Entry, grade_batch
 from grader.report import CheckResult, Report, load_report, write_atomic
 from grader.rubric import DEFAULT_RUBRIC, load_rubric
 
-from .conftest import EXAMPLES
+from ..conftest import EXAMPLES
 
 ANSWER = "the class token goes through 12 layers"
 
@@ -266,6 +266,7 @@ def test_a_sheet_row_that_cannot_be_applied_makes_the_batch_exit_1(tmp_path):
     assert _read(out)["score"] == 6.0  # load.code 2 + the diagram's 4 merged earlier; nothing else changed
 
 
+@pytest.mark.slow
 def test_a_rubric_change_regrades_and_reapplies_the_ta_scores(tmp_path):
     submissions, out = _graded_folder(tmp_path, DEFAULT_RUBRIC)
     stricter = tmp_path / "stricter.toml"
