@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import sys
@@ -13,10 +12,23 @@ import pytest
 
 from assignments import assignment_dir
 
-# The tests never read or write the user's own cache (reference accuracies, data): the session gets a scratch one,
+# The tests never read or write the user's own cache (reference accuracies, data): the run gets a scratch one,
 # which the vitgrade processes the tests start inherit. Tests that need a cache of their own still set theirs.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vitgrade-test-cache-")
-atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+# pytest-xdist's workers of one run share it (a reference accuracy trained by one is found by the others; the
+# grader writes the cache atomically); the controller, or a run without xdist, removes it at the end.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+    os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), f"vitgrade-test-cache-{_RUN}")
+    os.makedirs(os.environ["XDG_CACHE_HOME"], exist_ok=True)
+else:
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vitgrade-test-cache-")
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or the only process): every worker has finished
+        shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+
+
 # One torch thread in the test process and in the `python -m grader` processes the tests start (the sandbox's
 # worker gets its threads from the grader: tests that train pass threads=1). The tests share two cores with the
 # workers they start (and, on a shared machine, with others); torch's default of a thread per core then

@@ -66,7 +66,7 @@ def test_on_windows_the_sandbox_refuses_clearly_as_the_graders_fault(monkeypatch
 
 
 def test_output_lock_without_fcntl_uses_the_fallback(monkeypatch, tmp_path):
-    from grader import batch
+    from grader.batch import run as batch
 
     calls = []
     monkeypatch.setitem(sys.modules, "fcntl", None)
