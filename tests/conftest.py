@@ -14,13 +14,9 @@ from assignments import assignment_dir
 
 # The tests never read or write the user's own cache (reference accuracies, data): the run gets a scratch one,
 # which the vitgrade processes the tests start inherit. Tests that need a cache of their own still set theirs.
-# pytest-xdist's workers of one run share it (a reference accuracy trained by one is found by the others; the
-# grader writes the cache atomically); the controller, or a run without xdist, removes it at the end.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-if _RUN:
-    os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), f"vitgrade-test-cache-{_RUN}")
-    os.makedirs(os.environ["XDG_CACHE_HOME"], exist_ok=True)
-else:
+# pytest-xdist's workers inherit the controller's (they start after this line ran there), so a reference
+# accuracy one of them trained is found by the others (the grader writes the cache atomically).
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller, or a run without xdist
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vitgrade-test-cache-")
 
 
