@@ -40,21 +40,19 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 def _launch_worker(args: argparse.Namespace):
     """The sandbox's worker, launched before this process imports torch and the checks, so that both imports
-    run at once (a check's latency is mostly imports). Its limits are read from the rubric file without
-    validating it; grade_submission uses the worker only if they are the validated rubric's, else starts
-    another. None where the limits need torch to decide (`auto` and `full` may use CUDA) or nothing to grade."""
-    from grader.rubric import peek_limits
+    run at once (a check's latency is mostly imports; loading the rubric imports no torch). grade_submission
+    uses the worker only if its limits are the submission's, else starts another. None where the limits need
+    torch to decide (`auto` and `full` may use CUDA), for a rubric the usual path refuses, or nothing to grade."""
+    from grader.rubric import RubricError, load_rubric
     from grader.sandbox import Limits, Sandbox, SandboxError
 
     if args.accuracy not in ("off", "quick") or not Path(args.submission).exists():
         return None
     try:
-        memory_gib = peek_limits(args.rubric)["memory_gib"]
-        if not isinstance(memory_gib, (int, float)) or isinstance(memory_gib, bool):
-            return None  # load_rubric says what is wrong with it
+        memory_gib = load_rubric(args.rubric).limits["memory_gib"]
         sandbox = Sandbox("", limits=Limits(memory_bytes=int(memory_gib * 1024**3)), isolation=args.isolation)
         sandbox.launch()
-    except (OSError, ValueError, TypeError, ArithmeticError, RuntimeError, SandboxError):  # the usual path says why
+    except (RubricError, OSError, ArithmeticError, SandboxError):  # the usual path says why
         return None
     return sandbox
 

@@ -69,7 +69,7 @@ def test_check_usage_errors_exit_2(tmp_path):
     bad_rubric.write_text('[points]\n"equiv.vti" = 3\n[tolerances]\n', encoding="utf-8")
     result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric))
     assert result.returncode == 2 and "equiv.vti" in result.stderr and "unknown check id" in result.stderr
-    # With --accuracy off the worker is launched before the rubric is validated; the error is the same.
+    # With --accuracy off the worker would be launched early; a rubric that does not load launches none, same error.
     result = vitgrade("check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric), "--accuracy", "off")
     assert result.returncode == 2 and "equiv.vti" in result.stderr and "unknown check id" in result.stderr
 
@@ -219,13 +219,18 @@ def test_grade_refuses_a_bad_roster_or_ta_sheet_before_grading_anyone(batch_dir,
 def test_check_launches_the_worker_early_only_where_the_rubric_file_decides_its_limits(tmp_path):
     import argparse
 
+    import tomlkit
+
     from grader.cli import _launch_worker
+    from grader.rubric import DEFAULT_RUBRIC
 
     def launched(accuracy: str, limits: str | None = None):
         rubric = None
-        if limits is not None:
+        if limits is not None:  # the bundled rubric with these lines in place of its [limits]
             rubric = tmp_path / "rubric.toml"
-            rubric.write_text(limits, encoding="utf-8")
+            bundled = tomlkit.parse(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
+            del bundled["limits"]
+            rubric.write_text(tomlkit.dumps(bundled) + "\n" + limits, encoding="utf-8")
         args = argparse.Namespace(accuracy=accuracy, submission=str(EXAMPLES / "s1002_separate_qkv.py"),
                                   rubric=rubric, isolation=None)
         sandbox = _launch_worker(args)

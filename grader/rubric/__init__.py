@@ -11,8 +11,6 @@ from grader.rubric.model import (
     Tolerance,
     instructor_only,
     load_rubric,
-    peek_limits,
 )
 
-__all__ = ["DEFAULT_RUBRIC", "LIMITS", "Rubric", "RubricError", "Tolerance", "instructor_only", "load_rubric",
-           "peek_limits"]
+__all__ = ["DEFAULT_RUBRIC", "LIMITS", "Rubric", "RubricError", "Tolerance", "instructor_only", "load_rubric"]

@@ -153,13 +153,6 @@ def _tasks(spec: Any, where: str) -> dict[str, Any]:
 LIMITS = {"request_timeout": 60.0, "submission_timeout": 600.0, "memory_gib": 6.0}  # defaults of [limits]
 
 
-def peek_limits(path: str | Path | None = None) -> dict[str, Any]:
-    """The rubric's [limits] with their defaults, read without validating anything (load_rubric validates):
-    for launching the worker before the checks are imported. Raises OSError or ValueError."""
-    data = tomllib.loads(Path(path or DEFAULT_RUBRIC).read_text(encoding="utf-8"))
-    return {**LIMITS, **data.get("limits", {})}
-
-
 def load_rubric(path: str | Path | None = None, known_checks: set[str] | None = None) -> Rubric:
     """Read a rubric TOML file; raise RubricError naming the first bad key."""
     path = Path(path) if path else DEFAULT_RUBRIC
