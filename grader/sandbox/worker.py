@@ -76,8 +76,10 @@ class Worker:
     def op_setup(self, header, arrays):
         self._dtype = getattr(self.torch, header.get("dtype", "float64"))
         self._device = header.get("device", "cpu")
-        if header.get("threads"):
-            self.torch.set_num_threads(int(header["threads"]))
+        # The checks' tensors are tiny: extra intra-op threads only spin, taking the cores the grader's own
+        # process (and other workers) need. Training gets the worker's whole allowance (op_train).
+        self._train_threads = int(header.get("threads") or 0) or self.torch.get_num_threads()
+        self.torch.set_num_threads(1)
         return {}, None
 
     def op_load(self, header, arrays):
@@ -276,7 +278,11 @@ class Worker:
         import trainer
 
         model = self.objects[header["handle"]]
-        outcome = trainer.train_and_predict(model, arrays, header["recipe"], device=header.get("device", "cpu"))
+        self.torch.set_num_threads(getattr(self, "_train_threads", self.torch.get_num_threads()))
+        try:
+            outcome = trainer.train_and_predict(model, arrays, header["recipe"], device=header.get("device", "cpu"))
+        finally:
+            self.torch.set_num_threads(1)
         return outcome.header, outcome.arrays
 
     def op_state(self, header, arrays):
