@@ -18,7 +18,7 @@ from grader.checks import CHECKS
 from grader.cli import main
 from grader.report import CheckResult, Report
 from grader.rubric import DEFAULT_RUBRIC, load_rubric
-from grader.sandbox import Limits, Sandbox, SandboxError
+from grader.sandbox import Limits, Sandbox, SandboxError, fork_client
 from grader.sandbox import isolation as isolation_module
 from grader.sandbox.preflight import preflight
 
@@ -77,10 +77,12 @@ def test_a_sandbox_that_fails_before_loading_is_a_grader_fault(starving_rubric, 
 @pytest.mark.slow
 def test_missing_worker_file_is_a_grader_fault_with_the_cause(monkeypatch, tmp_path):
     files = dict(isolation_module.worker_files())
-    files["worker.py"] = tmp_path / "missing_worker.py"
+    files["worker.py"] = tmp_path / "missing.py"
     monkeypatch.setattr(isolation_module, "worker_files", lambda: files)
+    fork_client.close_all()  # a fork server started before would not see the missing file
     with Sandbox("x = 1\n") as sandbox, pytest.raises(SandboxError) as info:
         sandbox.start()
+    fork_client.close_all()
     assert info.value.fault == "grader"
     # bubblewrap's own message ("Can't find source path") or the interpreter's, in the error itself
     assert "stderr" in info.value.message or "could not be started" in info.value.message, info.value.message

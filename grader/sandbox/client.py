@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grader.sandbox import wire
+from grader.sandbox.fork_client import PROTECTION as FORK_PROTECTION
+from grader.sandbox.fork_client import ForkedWorker, ForkServerError, fork_server, give_up
 from grader.sandbox.isolation import Isolation, Limits, apply_limits, build_command, choose_level, protections
+from grader.sandbox.processes import CappedReader, process_tree
 
 START_TIMEOUT = 120.0  # importing torch on a cold, busy machine can take tens of seconds
 # The most a reply's arrays may hold: a fixed allowance plus a multiple of what the request sent (a
@@ -52,27 +55,6 @@ class SandboxError(Exception):
 class Reply:
     header: dict
     arrays: dict[str, np.ndarray]
-
-
-class _CappedReader(threading.Thread):
-    """Drains a pipe, keeping the first `cap` bytes; the rest is counted and dropped."""
-
-    def __init__(self, fd: int, cap: int):
-        super().__init__(daemon=True)
-        self.fd, self.cap = fd, cap
-        self.data = bytearray()
-        self.dropped = 0
-
-    def run(self) -> None:
-        with open(self.fd, "rb", buffering=0, closefd=True) as pipe:
-            while chunk := pipe.read(1 << 16):
-                room = self.cap - len(self.data)
-                self.data += chunk[:room]
-                self.dropped += max(0, len(chunk) - room)
-
-    def text(self) -> str:
-        text = self.data.decode("utf-8", errors="replace")
-        return text + (f"\n[... {self.dropped} more bytes not kept]" if self.dropped else "")
 
 
 class StallMonitor(threading.Thread):
@@ -165,21 +147,6 @@ def reply_limit(op: str, arrays: dict[str, np.ndarray] | None) -> int:
     return REPLY_ALLOWANCE + REPLY_PER_INPUT_BYTE * sent
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants, from /proc (Linux); just `pid` elsewhere."""
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as fh:
-                    queue += [int(c) for c in fh.read().split()]
-        except OSError:
-            continue
-    return found
-
-
 def tree_rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -216,8 +183,8 @@ class Sandbox:
         self.protections = protections(self.isolation)
         self.load_reply: dict = {}
         self._proc: subprocess.Popen | None = None
-        self._stdout: _CappedReader | None = None
-        self._stderr: _CappedReader | None = None
+        self._stdout: CappedReader | None = None
+        self._stderr: CappedReader | None = None
         self._output: list[str] = []
         self._scratch: str | None = None
         self._killed_for: str | None = None
@@ -233,6 +200,11 @@ class Sandbox:
         self.close()
 
     @property
+    def forked(self) -> bool:
+        """Whether the running worker was forked from the fork server (else it started on its own)."""
+        return isinstance(self._proc, ForkedWorker)
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -240,7 +212,7 @@ class Sandbox:
         """Start the worker process and return at once: it imports torch while the caller does its own work
         (imports, intake). The next start() waits for it instead of starting another."""
         self.close()
-        self._spawn()
+        self._spawn(fork=False)  # one submission (vitgrade check): nothing to share, a worker of its own
         self._launched = True
 
     def start(self) -> dict:
@@ -253,6 +225,7 @@ class Sandbox:
         started = self._spawned_at
         try:  # nothing of the submission has run yet: a failure here is the grader's
             self._receive(RequestClock(START_TIMEOUT, self._proc.pid), "starting the worker")
+            self._require_memory_to_spare()
             self.request("setup", {"dtype": self.dtype, "device": self.device, "threads": self.limits.threads})
         except SandboxError as error:
             raise SandboxError(error.kind, error.message + self._stderr_tail(), error.traceback,
@@ -261,8 +234,9 @@ class Sandbox:
         self.load_reply = self.request("load", {"code": self.code}, timeout=60).header
         return self.load_reply
 
-    def _spawn(self) -> None:
-        """Start the worker process, its output readers and its memory watch (raises SandboxError)."""
+    def _spawn(self, fork: bool = True) -> None:
+        """Start the worker process (forked from the fork server if `fork` and there is one), its output readers
+        and its memory watch (raises SandboxError)."""
         if sys.platform == "win32":
             # The worker's private pipes are passed as inherited file descriptors and waited on with
             # select(), neither of which Windows offers for pipes.
@@ -278,11 +252,13 @@ class Sandbox:
             self._scratch = tempfile.mkdtemp(prefix="vitgrade-work-")
         self._killed_for = None
         try:
-            command, env = build_command(self.isolation, self.limits, req_r, rep_w, self._scratch)
-            self._proc = subprocess.Popen(
-                command, env=env, cwd=self._scratch, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                pass_fds=(req_r, rep_w), start_new_session=True, preexec_fn=lambda: apply_limits(self.limits),
-            )
+            self._proc = self._forked(req_r, rep_w, out_w, err_w) if fork else None
+            if self._proc is None:
+                command, env = build_command(self.isolation, self.limits, req_r, rep_w, self._scratch)
+                self._proc = subprocess.Popen(
+                    command, env=env, cwd=self._scratch, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                    pass_fds=(req_r, rep_w), start_new_session=True, preexec_fn=lambda: apply_limits(self.limits),
+                )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:  # a worker file or bwrap is missing
             for fd in (out_r, err_r, self._req_w, self._rep_r):
                 os.close(fd)
@@ -291,13 +267,36 @@ class Sandbox:
         finally:
             for fd in (req_r, rep_w, out_w, err_w):
                 os.close(fd)
-        self._stdout = _CappedReader(out_r, self.limits.output_bytes)
-        self._stderr = _CappedReader(err_r, self.limits.output_bytes)
+        self._stdout = CappedReader(out_r, self.limits.output_bytes)
+        self._stderr = CappedReader(err_r, self.limits.output_bytes)
         self._stdout.start()
         self._stderr.start()
         self._watch_stop = threading.Event()
         threading.Thread(target=self._watch_memory, args=(self._proc, self._watch_stop), daemon=True).start()
         self.stats.starts += 1
+
+    def _require_memory_to_spare(self) -> None:
+        """A worker that holds more than the memory limit before any submission code runs (its imports alone) would
+        be killed at the first check, blamed on the student: the limit is the grader's problem."""
+        held = tree_rss_bytes(process_tree(self._proc.pid)) if self._proc.pid is not None else 0
+        if held > self.limits.memory_bytes:
+            self.close()
+            raise SandboxError("memory", f"starting the worker: its imports alone hold {held / 1024**2:,.0f} MiB, "
+                                         f"more than the memory limit of {self.limits.memory_bytes / 1024**2:,.0f} MiB")
+
+    def _forked(self, request: int, reply: int, out: int, err: int) -> ForkedWorker | None:
+        """A worker forked from the fork server for these limits, or None where workers start on their own."""
+        server = fork_server(self.limits, self.isolation)
+        if server is None:
+            return None
+        try:
+            worker = server.fork(request, reply, out, err)
+        except ForkServerError as exc:
+            give_up(self.limits, str(exc))
+            return None
+        if FORK_PROTECTION not in self.protections:
+            self.protections = [*self.protections, FORK_PROTECTION]
+        return worker
 
     def _stderr_tail(self) -> str:
         """What the worker (or bubblewrap) wrote to stderr before it died, for the error message."""
@@ -317,6 +316,8 @@ class Sandbox:
                 if reader is not None:
                     reader.join(timeout=2)
             self._collect_output()
+            if isinstance(self._proc, ForkedWorker):
+                self._proc.close()
             self._proc = None
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -328,6 +329,8 @@ class Sandbox:
         if proc is None:
             return
         self._watch_stop.set()
+        if proc.pid is None:  # a forked worker whose namespaces failed: nothing of it runs
+            return
         victims = process_tree(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session: every process it started
@@ -337,10 +340,10 @@ class Sandbox:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
 
-    def _watch_memory(self, proc: subprocess.Popen, stop: threading.Event) -> None:
+    def _watch_memory(self, proc: subprocess.Popen | ForkedWorker, stop: threading.Event) -> None:
         """RSS watch over the process tree: the memory limit that also works with CUDA."""
         while not stop.wait(0.2):
-            if proc.poll() is not None:
+            if proc.poll() is not None or proc.pid is None:
                 return
             if tree_rss_bytes(process_tree(proc.pid)) > self.limits.memory_bytes:
                 self._killed_for = "memory"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from grader.sandbox import fork_client
 from grader.sandbox.client import Sandbox, SandboxError
 from grader.sandbox.isolation import Isolation, Limits, choose_level
 
@@ -58,12 +59,21 @@ def preflight(limits: Limits | None = None, isolation: Isolation | None = None) 
                 raise SandboxError("protocol", "the known-good module's class was not found after loading it")
             sandbox.request("build", {"handle": "p", "class": "Preflight"})
             y = sandbox.request("forward", {"handle": "p"}, {"x": x}).arrays.get("y")
+            how = started_how(sandbox)
     except SandboxError as error:
         return PreflightResult(False, time.monotonic() - started, level, f"{error.message}; {ADVICE}")
     if y is None or y.shape != expected.shape or not np.allclose(y, expected):
         return PreflightResult(False, time.monotonic() - started, level,
                                f"the known-good module computed a wrong result in the sandbox; {ADVICE}")
-    return PreflightResult(True, time.monotonic() - started, level, "a known-good submission loaded and ran")
+    return PreflightResult(True, time.monotonic() - started, level, f"a known-good submission loaded and ran; {how}")
+
+
+def started_how(sandbox: Sandbox) -> str:
+    """How the sandbox's worker started: forked from the fork server, or on its own and why."""
+    if sandbox.forked:
+        return "its worker was forked from the pre-imported fork server"
+    why = fork_client.unavailable().get(sandbox.limits)
+    return "its worker started on its own" + (f" (no fork server: {why})" if why else "")
 
 
 def require_preflight(limits: Limits | None = None, isolation: Isolation | None = None) -> PreflightResult:
