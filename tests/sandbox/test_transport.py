@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,6 +175,45 @@ def test_an_oversized_reply_is_refused_before_its_arrays_are_read(windows, monke
         assert not sandbox.alive
     assert info.value.kind == "protocol" and "more than the" in info.value.message
     assert 0 < sum(read) < 2**16  # the earlier replies and this one's header, never its arrays
+
+
+IDLE_WORKER_ON_WINDOWS = """
+import sys, time
+import numpy, torch
+import pytest
+from tests.sandbox.test_transport import simulate_windows
+simulate_windows(pytest.MonkeyPatch())
+from grader.sandbox import Sandbox
+sandbox = Sandbox("x = 1\\n", isolation="none")
+sandbox.start()
+print(sandbox._proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_idle_worker_exits_when_the_grader_is_killed():
+    # Windows has no PR_SET_PDEATHSIG: the worker notices the end of its request pipe instead.
+    grader = subprocess.Popen([sys.executable, "-c", IDLE_WORKER_ON_WINDOWS], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pid = int(grader.stdout.readline())
+        scratch = os.readlink(f"/proc/{pid}/cwd")
+    finally:
+        grader.kill()
+        grader.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.1)
+    assert not _running(pid)
+    shutil.rmtree(scratch, ignore_errors=True)  # the killed grader could not remove it
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
 
 
 # -- ThreadedPipes alone: deadlines as wire's select() path keeps them -------------------------------------
