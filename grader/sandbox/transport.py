@@ -99,12 +99,19 @@ class ThreadedPipes:
         return self._call(os.read, self.reply_fd, size, deadline, wire.READ_TIMEOUT)
 
     def write(self, data: memoryview, deadline: wire.Deadline) -> int:
-        return self._call(os.write, self.request_fd, bytes(data), deadline, wire.WRITE_TIMEOUT)
+        return self._call(_write, self.request_fd, bytes(data), deadline, wire.WRITE_TIMEOUT)
 
     def close(self) -> None:
         """Let the helper thread finish its call (the worker is dead by now, so a blocked one returns) and
         close the pipes."""
         self._calls.put(None)
+
+
+def _write(fd: int, data: bytes) -> int:
+    try:
+        return os.write(fd, data)
+    except OSError as exc:  # Windows reports a pipe whose reader is gone as EINVAL, not EPIPE
+        raise BrokenPipeError(exc.errno, f"the worker's end of the pipe is closed ({exc.strerror})") from None
 
 
 def start_on_stdio(command: list[str], env: dict[str, str], cwd: str | None
@@ -132,9 +139,11 @@ def start_on_stdio(command: list[str], env: dict[str, str], cwd: str | None
 def kill_tree(proc: subprocess.Popen) -> None:
     """Windows: end the worker and every process it started (`taskkill /T`; a venv's python.exe is itself a
     launcher whose child is the interpreter), then the worker directly should taskkill be missing."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, timeout=10,
-                       creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    taskkill = os.path.join(os.environ.get("SYSTEMROOT", r"C:\Windows"), "System32", "taskkill.exe")
+    if proc.poll() is None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([taskkill, "/F", "/T", "/PID", str(proc.pid)], capture_output=True, timeout=10,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
     with contextlib.suppress(OSError):
         proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -253,6 +253,18 @@ def test_threaded_pipes_write_times_out_when_nobody_reads(pipes):
     assert os.read(request_r, 4) == wire.MAGIC  # what fit in the pipe is the message's start
 
 
+def test_threaded_pipes_report_a_worker_gone_as_a_broken_pipe():
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    channel = transport.ThreadedPipes(request_w, reply_r)
+    os.close(request_r)  # the worker's ends
+    os.close(reply_w)
+    with pytest.raises(BrokenPipeError):  # a crash, not a timeout (Sandbox.request)
+        channel.write(memoryview(b"request"), time.monotonic() + 5)
+    assert channel.read(8, time.monotonic() + 5) == b""  # the end of the reply stream
+    channel.close()
+
+
 def test_threaded_pipes_close_their_descriptors_once_their_thread_is_done():
     request_r, request_w = os.pipe()
     reply_r, reply_w = os.pipe()
