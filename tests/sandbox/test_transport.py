@@ -3,8 +3,8 @@
 `simulate_windows` takes away what Windows lacks, as the grader meets it there: `sys.platform` says
 win32; subprocess refuses `pass_fds` and `preexec_fn`; select() refuses pipes (it takes only sockets
 there); no `os.set_blocking` for pipes (Python < 3.12), no process groups, no SIGKILL, no `resource`,
-`fcntl` or `/proc`. Real workers then run the handout's correct code, a print flood, a hang and an
-oversized reply. The worker's side (`protocol_off_stdio`, `msvcrt.setmode`) runs in a child with a
+`fcntl` or `/proc`. Real workers then run the handout's correct code (through the student bundle's
+`vitgrade check`), a print flood, a hang and an oversized reply. The worker's side (`protocol_off_stdio`, `msvcrt.setmode`) runs in a child with a
 stand-in `msvcrt`.
 """
 
@@ -89,11 +89,15 @@ def windows(monkeypatch):
     simulate_windows(monkeypatch)
 
 
-# -- a whole self-check ------------------------------------------------------------------------------------
+# -- a whole self-check, from the student bundle ---------------------------------------------------------------
 CHECK_ON_WINDOWS = """
 import sys
+bundle, root = sys.argv.pop(1), sys.argv.pop(1)
+sys.path[:0] = [bundle, root]  # the bundle's grader; this checkout only for tests.sandbox
 import numpy, torch  # imported for the platform they run on
 import pytest
+import grader
+assert grader.__file__.startswith(bundle), grader.__file__
 from tests.sandbox.test_transport import simulate_windows
 simulate_windows(pytest.MonkeyPatch())
 from grader.cli import main
@@ -101,11 +105,18 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_vitgrade_check_gives_a_correct_submission_full_code_marks_on_simulated_windows(tmp_path, code_rubric_file):
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, code_rubric_file) -> Path:
+    from grader.bundle import write_bundle
+
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "vitgrade_student", rubric_path=code_rubric_file)
+
+
+def test_the_bundles_vitgrade_check_gives_a_correct_submission_full_code_marks_on_simulated_windows(bundle, tmp_path):
     out = tmp_path / "report.json"
-    result = subprocess.run([sys.executable, "-c", CHECK_ON_WINDOWS, "check", str(CORRECT), "--accuracy", "off",
-                             "--rubric", str(code_rubric_file), "--json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", CHECK_ON_WINDOWS, str(bundle), str(ROOT), "check", str(CORRECT),
+                             "--accuracy", "off", "--json", str(out)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text(encoding="utf-8"))
     code = [c for c in report["checks"] if c["status"] != "skipped"]
