@@ -63,7 +63,7 @@ class ThreadedPipes:
     def __init__(self, request_fd: int, reply_fd: int):
         self.request_fd, self.reply_fd = request_fd, reply_fd
         self._calls: queue.SimpleQueue[tuple[Callable, int, object] | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[tuple[object, OSError | None]] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[object, Exception | None]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="vitgrade-pipes")
         self._thread.start()
 
@@ -73,7 +73,7 @@ class ThreadedPipes:
                 function, fd, argument = call
                 try:
                     self._results.put((function(fd, argument), None))
-                except OSError as exc:  # a broken pipe: the worker died
+                except Exception as exc:  # a broken pipe (the worker died): raised in the caller
                     self._results.put((None, exc))
         finally:
             for fd in (self.request_fd, self.reply_fd):
