@@ -2,8 +2,8 @@
 
 `simulate_windows` takes away what Windows lacks, as the grader meets it there: `sys.platform` says
 win32; subprocess refuses `pass_fds` and `preexec_fn`; select() refuses pipes (it takes only sockets
-there); no `os.set_blocking` for pipes (Python < 3.12), no process groups, no SIGKILL, no `resource`,
-`fcntl` or `/proc`. Real workers then run the handout's correct code (through the student bundle's
+there); no `os.set_blocking` for pipes (Python < 3.12), no process groups, sessions, user ids, `fork`
+or SIGKILL, no `resource`, `fcntl` or `/proc`. Real workers then run the handout's correct code (through the student bundle's
 `vitgrade check`), a print flood, a hang and an oversized reply. The worker's side (`protocol_off_stdio`, `msvcrt.setmode`) runs in a child with a
 stand-in `msvcrt`.
 """
@@ -76,7 +76,7 @@ def simulate_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(subprocess, "Popen", WindowsPopen)
     monkeypatch.setattr(wire, "select", SocketsOnlySelect)
-    for name in ("set_blocking", "killpg"):
+    for name in ("set_blocking", "killpg", "getpgid", "setsid", "getuid", "sysconf", "fork"):
         monkeypatch.delattr(os, name)
     monkeypatch.delattr(signal, "SIGKILL")
     monkeypatch.setattr(builtins, "open", _without_proc(builtins.open, _no_such_file))
