@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grader.sandbox import wire
+from grader.sandbox import transport, wire
 from grader.sandbox.fork_client import PROTECTION as FORK_PROTECTION
 from grader.sandbox.fork_client import ForkedWorker, ForkServerError, fork_server, give_up
 from grader.sandbox.isolation import Isolation, Limits, apply_limits, build_command, choose_level, protections
@@ -183,6 +183,7 @@ class Sandbox:
         self.protections = protections(self.isolation)
         self.load_reply: dict = {}
         self._proc: subprocess.Popen | None = None
+        self._channel: transport.ThreadedPipes | None = None  # the pipes where select() cannot wait (Windows)
         self._stdout: CappedReader | None = None
         self._stderr: CappedReader | None = None
         self._output: list[str] = []
@@ -237,11 +238,9 @@ class Sandbox:
     def _spawn(self, fork: bool = True) -> None:
         """Start the worker process (forked from the fork server if `fork` and there is one), its output readers
         and its memory watch (raises SandboxError)."""
-        if sys.platform == "win32":
-            # The worker's private pipes are passed as inherited file descriptors and waited on with
-            # select(), neither of which Windows offers for pipes.
-            raise SandboxError("setup", "the sandbox needs Linux or macOS; on Windows run the self-check in WSL "
-                                        "or Colab", fault="grader")
+        if transport.protocol_on_stdio():  # Windows: no pass_fds, and select() cannot wait on a pipe
+            self._spawn_on_stdio()
+            return
         self._spawned_at = time.monotonic()
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
@@ -298,6 +297,23 @@ class Sandbox:
             self.protections = [*self.protections, FORK_PROTECTION]
         return worker
 
+    def _spawn_on_stdio(self) -> None:
+        """_spawn where the worker cannot inherit private pipes (Windows, grader/sandbox/transport.py): the
+        protocol on its stdin/stdout, its prints on stderr; no rlimits and no memory watch (no /proc)."""
+        self._spawned_at = time.monotonic()
+        self._scratch = tempfile.mkdtemp(prefix="vitgrade-work-")  # bubblewrap, which makes its own, is Linux only
+        self._killed_for = None
+        try:
+            command, env = build_command(self.isolation, self.limits, 0, 1, self._scratch)
+            self._proc, self._channel, err_r = transport.start_on_stdio(
+                command, {**env, **transport.windows_environment(self._scratch)}, self._scratch)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # a worker file is missing
+            raise SandboxError("setup", f"starting the worker: the sandbox could not be started "
+                                        f"({type(exc).__name__}: {exc})", fault="grader") from None
+        self._stderr = CappedReader(err_r, self.limits.output_bytes)
+        self._stderr.start()
+        self.stats.starts += 1
+
     def _stderr_tail(self) -> str:
         """What the worker (or bubblewrap) wrote to stderr before it died, for the error message."""
         self.close()
@@ -309,9 +325,13 @@ class Sandbox:
         self._launched = False
         if self._proc is not None:
             self._kill()
-            for fd in (self._req_w, self._rep_r):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            if self._channel is not None:  # it closes its pipes itself, once its thread is done with them
+                self._channel.close()
+                self._channel = None
+            else:
+                for fd in (self._req_w, self._rep_r):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             for reader in (self._stdout, self._stderr):
                 if reader is not None:
                     reader.join(timeout=2)
@@ -329,6 +349,9 @@ class Sandbox:
         if proc is None:
             return
         self._watch_stop.set()
+        if sys.platform == "win32":  # neither process groups nor SIGKILL there
+            transport.kill_tree(proc)
+            return
         if proc.pid is None:  # a forked worker whose namespaces failed: nothing of it runs
             return
         victims = process_tree(proc.pid)
@@ -377,7 +400,8 @@ class Sandbox:
             self.start()
         clock = RequestClock(timeout, self._proc.pid if self._proc else None)
         try:
-            wire.write_message(self._req_w, {**(header or {}), "op": op}, arrays, deadline=clock.deadline)
+            wire.write_message(self._channel or self._req_w, {**(header or {}), "op": op}, arrays,
+                               deadline=clock.deadline)
         except (BrokenPipeError, TimeoutError, OSError) as exc:
             self._fail("crash" if isinstance(exc, BrokenPipeError) else "timeout", f"{op}: could not send ({exc})")
         limit = max_reply_bytes if max_reply_bytes is not None else reply_limit(op, arrays)
@@ -389,7 +413,7 @@ class Sandbox:
 
     def _receive(self, clock: RequestClock, what: str, max_bytes: int = NO_ARRAYS_REPLY) -> Reply:
         try:
-            header, arrays = wire.read_message(self._rep_r, clock.deadline, max_bytes)
+            header, arrays = wire.read_message(self._channel or self._rep_r, clock.deadline, max_bytes)
         except TimeoutError:
             excused = clock.excused()
             self.stats.excused_seconds += excused

@@ -397,12 +397,17 @@ LEVEL_PROTECTS = {
 }
 
 
+# The client's own limits, enforced from the parent on every platform (Windows included).
+ALWAYS_PROTECTS = "wall-clock time limits that kill the worker's process tree; output and reply-size caps"
+
+
 def protections(level: Isolation) -> list[str]:
     """The protections in force for a worker at `level` on this platform, for the report."""
     found = [LEVEL_PROTECTS[level]]
     names = {"rlimits": "CPU time, file size and address-space limits", "process_limit": "process-count limit",
              "die_with_grader": "worker dies with the grader", "memory_watch": "memory watch over the process tree"}
     found += [text for key, text in names.items() if platform_protections()[key]]
+    found.append(ALWAYS_PROTECTS)
     return found
 
 

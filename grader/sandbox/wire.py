@@ -14,6 +14,7 @@ import select
 import struct
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -31,7 +32,23 @@ class ProtocolError(Exception):
 Deadline = float | Callable[[], float] | None
 
 
-def _remaining(deadline: Deadline) -> float | None:
+class Channel(Protocol):
+    """The parent's end of the worker's pipes where select() cannot wait on a pipe (Windows; see
+    grader/sandbox/transport.py): `read` takes at most `size` bytes of the reply pipe (b"" at its end),
+    `write` puts at most `len(data)` bytes into the request pipe; both wait by themselves and raise
+    TimeoutError (READ_TIMEOUT / WRITE_TIMEOUT) at the deadline."""
+
+    def read(self, size: int, deadline: Deadline) -> bytes: ...
+
+    def write(self, data: memoryview, deadline: Deadline) -> int: ...
+
+
+# Where a message goes: a raw file descriptor (waited on with select()), or a Channel.
+Pipe = int | Channel
+READ_TIMEOUT, WRITE_TIMEOUT = "no reply in time", "the other side stopped reading"
+
+
+def seconds_left(deadline: Deadline) -> float | None:
     if deadline is None:
         return None
     return (deadline() if callable(deadline) else deadline) - time.monotonic()
@@ -41,13 +58,13 @@ def _wait(fd: int, deadline: Deadline, for_write: bool, what: str) -> None:
     """Wait until `fd` is ready; at the deadline, look once more (a reply that arrived while this
     process was busy is not late) and ask the deadline again (it may have moved)."""
     while True:
-        wait = _remaining(deadline)
+        wait = seconds_left(deadline)
         if wait is None:
             return
         ready = select.select([], [fd], [], max(wait, 0.0)) if for_write else select.select([fd], [], [], max(wait, 0.0))
         if ready[1] if for_write else ready[0]:
             return
-        remaining = _remaining(deadline)
+        remaining = seconds_left(deadline)
         if remaining is not None and remaining <= 0:
             raise TimeoutError(what)
 
@@ -64,24 +81,30 @@ def encode(header: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
     return MAGIC + struct.pack("<I", len(body)) + body + b"".join(blobs)
 
 
-def write_message(fd: int, header: dict, arrays: dict[str, np.ndarray] | None = None,
+def write_message(fd: Pipe, header: dict, arrays: dict[str, np.ndarray] | None = None,
                   deadline: Deadline = None) -> None:
     data = memoryview(encode(header, arrays))
     while data:
-        _wait(fd, deadline, True, "the other side stopped reading")
-        try:
-            written = os.write(fd, data[: 1 << 16])
-        except BlockingIOError:  # a non-blocking pipe that is full: wait again
-            continue
+        if isinstance(fd, int):
+            _wait(fd, deadline, True, WRITE_TIMEOUT)
+            try:
+                written = os.write(fd, data[: 1 << 16])
+            except BlockingIOError:  # a non-blocking pipe that is full: wait again
+                continue
+        else:
+            written = fd.write(data[: 1 << 16], deadline)
         data = data[written:]
 
 
-def _read_exact(fd: int, size: int, deadline: Deadline) -> bytes:
+def _read_exact(fd: Pipe, size: int, deadline: Deadline) -> bytes:
     chunks = []
     remaining = size
     while remaining:
-        _wait(fd, deadline, False, "no reply in time")
-        chunk = os.read(fd, min(remaining, 1 << 20))
+        if isinstance(fd, int):
+            _wait(fd, deadline, False, READ_TIMEOUT)
+            chunk = os.read(fd, min(remaining, 1 << 20))
+        else:
+            chunk = fd.read(min(remaining, 1 << 20), deadline)
         if not chunk:
             raise EOFError("the other side closed the channel")
         chunks.append(chunk)
@@ -89,7 +112,7 @@ def _read_exact(fd: int, size: int, deadline: Deadline) -> bytes:
     return b"".join(chunks)
 
 
-def read_message(fd: int, deadline: Deadline = None, max_bytes: int = 1 << 31) -> tuple[dict, dict[str, np.ndarray]]:
+def read_message(fd: Pipe, deadline: Deadline = None, max_bytes: int = 1 << 31) -> tuple[dict, dict[str, np.ndarray]]:
     """Read one message; raise ProtocolError on anything malformed or larger than `max_bytes` of arrays
     (checked from the header, before the arrays are read), TimeoutError, EOFError."""
     prefix = _read_exact(fd, 8, deadline)

@@ -3,6 +3,8 @@
 Started as `python -I worker.py IN_FD OUT_FD SITE_DIR...` inside the sandbox. It imports only
 the standard library, numpy, torch and the files bound next to it (`wire.py`, `trainer.py`, `recipe.py`); it
 never sees expected outputs, thresholds or labels: the parent computes every verdict.
+
+IN_FD 0 and OUT_FD 1: the protocol came on stdin/stdout (Windows), see protocol_off_stdio.
 """
 
 from __future__ import annotations
@@ -291,8 +293,27 @@ class Worker:
         return {}, {name: p.detach().cpu().float().numpy() for name, p in obj.named_parameters()}
 
 
+def protocol_off_stdio() -> tuple[int, int]:
+    """The protocol came on stdin/stdout (IN_FD 0, OUT_FD 1: Windows, which cannot pass other pipes). Move it
+    to private descriptors (not inherited by processes the student starts) and point stdin at devnull and
+    stdout at stderr, before any student code runs: print() and input() can never reach the protocol."""
+    in_fd, out_fd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    if sys.platform == "win32":  # raw bytes: no newline translation on the protocol's descriptors
+        import msvcrt
+
+        for fd in (in_fd, out_fd):
+            msvcrt.setmode(fd, os.O_BINARY)
+    return in_fd, out_fd
+
+
 def main() -> None:
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
+    if (in_fd, out_fd) == (0, 1):
+        in_fd, out_fd = protocol_off_stdio()
     sys.path[:0] = [HERE]
     sys.path += [p for p in sys.argv[3:] if p not in sys.path]
     os.environ.setdefault("MPLBACKEND", "Agg")
