@@ -96,6 +96,12 @@ def grade_example(python: Path, cwd: Path, owner: str | None = None, vitgrade: P
     return json.loads(out.read_text())
 
 
+def layout_name(python: Path, cwd: Path) -> str:
+    """What `vitgrade doctor` calls this install layout."""
+    return run([str(python), "-c", "from grader.doctor import install_layout; print(install_layout())"], cwd=cwd,
+               env=clean_env(python, cwd)).strip()
+
+
 def assert_full_code_marks(report: dict) -> None:
     code = [c for c in report["checks"] if not c["id"].startswith("task") and c["status"] != "skipped"]
     assert code and all(c["status"] == "passed" for c in code), [(c["id"], c["message"]) for c in code
@@ -161,6 +167,7 @@ def test_virtualenv(place):
     python = folder / "bin" / "python"
     assert python.is_symlink() and "virtualenv" in (folder / "pyvenv.cfg").read_text()
     install_grader(python)
+    assert layout_name(python, place).startswith("virtualenv (bin/python is a symlink")
     assert_full_code_marks(grade_example(python, place))
 
 
@@ -192,6 +199,7 @@ def test_pipx(place):
     python = venv / "bin" / "python"
     link_dependencies(Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                           check=True, capture_output=True, text=True).stdout.strip()))
+    assert layout_name(python, place).startswith("pipx venv (bin/python is a symlink")
     assert_full_code_marks(grade_example(python, place, vitgrade=vitgrade))
 
 
@@ -248,7 +256,21 @@ def test_conda_style_prefix(place):
     python = make_conda_style_prefix(prefix)
     site = install_grader(python)
     assert site == prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    assert layout_name(python, place) == "conda environment (no venv)"
     assert_full_code_marks(grade_example(python, place))
+    # The same prefix moved without conda's rewrite (a conda-pack archive before `conda-unpack`, a copied
+    # python-build-standalone tree): sysconfig still names the old prefix, which no longer exists. The
+    # sandbox must bind where this interpreter really found lib-dynload and libpython, and the worker must
+    # load the prefix's libpython (this machine's ld.so.cache also has Debian's, which would hide a miss).
+    moved = prefix.rename(place / "moved-env")
+    code = ("import torch\nprint('LIBPYTHON', sorted({line.split()[-1] for line in open('/proc/self/maps') "
+            "if '/libpython' in line}))")
+    script = ("import sys\nfrom grader.sandbox import Sandbox\n"
+              "s = Sandbox(sys.stdin.read(), isolation='bwrap')\ns.start()\ns.close()\nprint(s.output)")
+    output = run([str(moved / "bin" / "python"), "-c", script], input=code, cwd=place,
+                 env=clean_env(moved / "bin" / "python", place), timeout=180)
+    soname = sysconfig.get_config_var("INSTSONAME")
+    assert f"LIBPYTHON ['{moved / 'lib' / soname}']" in output, output
 
 
 def _can_add_user() -> bool:
