@@ -41,7 +41,7 @@ def install_layout() -> str:
     if sys.prefix == sys.base_prefix:
         if (prefix / "conda-meta").is_dir():
             return "conda environment (no venv)"
-        if sys.prefix.startswith("/usr/"):
+        if prefix.is_relative_to("/usr"):
             return "the system's Python (no venv)"
         return "base interpreter in its own prefix, e.g. pyenv or a python.org build (no venv)"
     try:
