@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import site
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +35,37 @@ class Diagnosis:
         return "\n".join([*lines, f"verdict: {verdict}"])
 
 
-def _python() -> list[str]:
+def install_layout() -> str:
+    """How this Python is installed, in the words users know it by (what the layout tests build)."""
+    prefix = Path(sys.prefix)
+    if sys.prefix == sys.base_prefix:
+        if (prefix / "conda-meta").is_dir():
+            return "conda environment (no venv)"
+        if prefix.is_relative_to("/usr"):
+            return "the system's Python (no venv)"
+        return "base interpreter in its own prefix, e.g. pyenv or a python.org build (no venv)"
+    try:
+        config = (prefix / "pyvenv.cfg").read_text()
+    except OSError:
+        config = ""
+    if (prefix / "pipx_metadata.json").is_file():  # pipx writes it into each venv it manages
+        kind = "pipx venv"
+    elif re.search(r"^virtualenv\s*=", config, re.M):  # the key virtualenv's creator adds to pyvenv.cfg
+        kind = "virtualenv"
+    else:
+        kind = "venv"
     executable = Path(sys.executable)
-    kind = "venv" if sys.prefix != sys.base_prefix else "base interpreter"
-    if kind == "venv":
-        kind += f" (bin/python is {'a symlink to ' + os.path.realpath(executable) if executable.is_symlink() else 'a copy'})"
+    return kind + f" (bin/python is {'a symlink to ' + os.path.realpath(executable) if executable.is_symlink() else 'a copy'})"
+
+
+def _python() -> list[str]:
+    kind = install_layout()
     import grader
 
     where = Path(grader.__file__).resolve().parent
+    with contextlib.suppress(AttributeError, ValueError):  # `site` of some embedded builds lacks it
+        if where.is_relative_to(Path(site.getusersitepackages()).resolve()):
+            kind += "; vitgrade in the user site-packages (pip install --user)"
     install = "source checkout" if (where.parent / "pyproject.toml").is_file() else "installed package"
     layout = interpreter_layout()
     return [f"python {sys.version.split()[0]} at {sys.executable}: {kind}, prefix {sys.prefix}",

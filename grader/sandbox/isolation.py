@@ -233,16 +233,35 @@ def _site_dirs() -> set[str]:
     return {_real(d) for d in dirs if os.path.isdir(d)}
 
 
+# sysconfig's build-time values (DESTSHARED, LIBDIR) name the prefix Python was built in. A prefix that
+# was moved keeps them: conda-pack's archives before `conda-unpack`, a copied pyenv or python.org tree,
+# python-build-standalone builds (uv, rye, pdm). There they point elsewhere or nowhere, so the folders
+# come from where this running interpreter really found its pieces; the build-time values only add to them.
+def _extension_dirs() -> set[str]:
+    """The standard library's extension-module folders: lib-dynload as the interpreter computed it at
+    startup (from its own location, on sys.path), and as it was built."""
+    found = [p for p in sys.path if os.path.basename(p) == "lib-dynload"]
+    found.append(sysconfig.get_config_var("DESTSHARED") or "")
+    return {_real(p) for p in found if p and os.path.isdir(p)}
+
+
+def _shared_library_dirs() -> set[str]:
+    """Folders holding libpython and the libraries the standard library links to: the one libpython
+    was really loaded from (Linux), the prefix's `lib`, and the build-time LIBDIR."""
+    found = [os.path.join(sys.base_exec_prefix, sys.platlibdir), sysconfig.get_config_var("LIBDIR") or ""]
+    # No /proc: not Linux, where bubblewrap does not run anyway.
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        found += [os.path.dirname(line.split(None, 5)[-1].strip()) for line in maps if "/libpython" in line]
+    return {_real(p) for p in found if p and os.path.isdir(p)}
+
+
 @cache
 def interpreter_layout() -> Layout:
     """This interpreter's layout, resolved (computed once per process)."""
     executable = _real(getattr(sys, "_base_executable", "") or sys.executable)
     if not os.access(executable, os.X_OK):
         executable = _real(sys.executable)
-    stdlib = {_real(os.path.dirname(os.__file__))}
-    dynload = sysconfig.get_config_var("DESTSHARED")
-    if dynload and os.path.isdir(dynload):
-        stdlib.add(_real(dynload))
+    stdlib = {_real(os.path.dirname(os.__file__)), *_extension_dirs()}
     # Python's C headers: torch.compile (inductor, Triton's launcher) builds C extensions against them.
     stdlib |= {_real(p) for key in ("include", "platinclude")
                if os.path.isdir(p := sysconfig.get_paths(vars={"base": sys.base_prefix,
@@ -250,10 +269,10 @@ def interpreter_layout() -> Layout:
     systems = [_real(top) for top in SYSTEM_TOPS if os.path.isdir(top)]
     trees = sorted(p for p in stdlib if not any(_inside(p, top) for top in systems))
     files: set[str] = set()
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir and os.path.isdir(libdir) and not any(_inside(_real(libdir), top) for top in systems):
-        # libpython and, in a conda-style prefix, the libraries the standard library's modules link to.
-        files = {str(p) for p in Path(libdir).iterdir() if ".so" in p.name and p.is_file()}
+    for libdir in _shared_library_dirs():
+        if not any(_inside(libdir, top) for top in systems):
+            # libpython and, in a conda-style prefix, the libraries the standard library's modules link to.
+            files |= {str(p) for p in Path(libdir).iterdir() if ".so" in p.name and p.is_file()}
     entries = _site_entries()
     site_dirs = [d for d in dict.fromkeys(_real(p) for p in sys.path if p) if any(
         os.path.dirname(e) == d for e in entries)]
