@@ -65,11 +65,15 @@ def enter_namespaces(tmp_bytes: int) -> None:
     uid, gid = os.getuid(), os.getgid()
     _call(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET),
           "unshare")
-    # The worker is an ordinary user there (the kernel lets a process without CAP_SETFCAP map no root).
-    inside = WORKER_ID
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{inside} {uid} 1"), ("gid_map", f"{inside} {gid} 1")):
+    # A process that is not dumpable cannot open its own /proc files where bubblewrap maps no root (an unprivileged
+    # grader), so the waiter is dumpable while it writes its maps. No worker can reach it meanwhile: each is in a
+    # user namespace of its own without capabilities, and the kernel lets a process into another's memory or
+    # files only from the same user namespace or with CAP_SYS_PTRACE over the other's.
+    _call(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{WORKER_ID} {uid} 1"), ("gid_map", f"{WORKER_ID} {gid} 1")):
         with open(f"/proc/self/{name}", "w") as fh:
             fh.write(text)
+    _call(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
     _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
     size = f"size={tmp_bytes},mode=1777".encode()
     _mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, size)
@@ -83,15 +87,16 @@ def enter_namespaces(tmp_bytes: int) -> None:
 
 
 def become_worker() -> None:
-    """The worker's part, as PID 1 of its namespace: its own /proc where the kernel allows it, not dumpable, then
-    no capabilities and no way to gain any."""
+    """The worker's part, as PID 1 of its namespace: its own /proc where the kernel allows it, then no capabilities
+    and no way to gain any."""
     # Where bubblewrap covered parts of /proc (it does as root), the kernel refuses a new /proc. The other
-    # workers' PIDs then show in the sandbox's /proc, but nothing of them can be opened or signalled: a
-    # process that is not dumpable is out of reach of every process without capabilities in its user
-    # namespace, whatever its user id, and signals and ptrace take PIDs of the worker's own namespace.
+    # workers' PIDs then show in the sandbox's /proc, but nothing of them can be opened or signalled: the
+    # kernel's ptrace check (which guards /proc/<pid>/mem, environ, fd, ...) wants the same user namespace or
+    # CAP_SYS_PTRACE over the other's, and signals and ptrace take PIDs of the worker's own namespace.
     with contextlib.suppress(OSError):
         _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _call(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+    # Dumpable, as a worker started on its own is (the fork server is not): it may read its own /proc files.
+    _call(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
     _call(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     _call(_libc.capset(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), (_CapData * 2)()), "capset")
 
@@ -177,8 +182,8 @@ def probe(tmp_bytes: int) -> str:
 
 
 def serve(control: socket.socket, tmp_bytes: int) -> None:
-    # Not dumpable, and its waiters inherit it: no worker can read or write their memory or open their file
-    # descriptors through /proc (that needs capabilities in the fork server's user namespace, which none has).
+    # Not dumpable (its waiters inherit it): a second lock on its memory and file descriptors, besides the user
+    # namespaces that keep every worker out (see become_worker).
     _call(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
     # A Python thread would not survive the fork (locks it holds stay held in the child). Native pools are
     # fine: OpenBLAS re-creates its threads after a fork, as it does for multiprocessing and torch's DataLoader.

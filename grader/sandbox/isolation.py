@@ -381,13 +381,8 @@ def fork_server_command(limits: Limits, control_fd: int) -> tuple[list[str], dic
     """The command line that starts a fork server (fork_server.py) in bubblewrap, with the mounts, environment and
     limits a worker gets, and its environment."""
     layout = interpreter_layout()
-    prefix = _bwrap_prefix(limits)
-    # Its own user namespace, as uid 0 there: the fork server and its waiters, which are not dumpable (so no
-    # submission can read or write their memory), keep the capabilities there that writing a forked worker's
-    # uid map takes. They never run a submission's code; each worker drops every capability (fork_server.py).
-    prefix[1:1] = ["--unshare-user", "--uid", "0", "--gid", "0"]
-    command = prefix + [layout.executable, "-I", "-B", "-u", f"{SANDBOX_DIR}/fork_server.py", str(control_fd),
-                        str(limits.tmp_bytes), *layout.site_dirs]
+    command = _bwrap_prefix(limits) + [layout.executable, "-I", "-B", "-u", f"{SANDBOX_DIR}/fork_server.py",
+                                       str(control_fd), str(limits.tmp_bytes), *layout.site_dirs]
     return command, environment(limits)
 
 

@@ -96,6 +96,21 @@ def grade_example(python: Path, cwd: Path, owner: str | None = None, vitgrade: P
     return json.loads(out.read_text())
 
 
+def grade_class(python: Path, cwd: Path, owner: str | None = None) -> dict:
+    """`vitgrade grade` on a class of one correct example (a batch: its worker is forked from the fork server)."""
+    folder, out = cwd / "class", cwd / "graded"
+    folder.mkdir()
+    shutil.copyfile(EXAMPLE, folder / "s0001.py")
+    if owner:
+        shutil.chown(folder, owner)
+    result = subprocess.run(_as(owner, [str(python), "-m", "grader", "grade", str(folder), "--out", str(out),
+                                        "--accuracy", "off", "--quiet"]),
+                            cwd=cwd, env=clean_env(python, cwd), capture_output=True, text=True, timeout=300)
+    report = out / "students" / "s0001" / "report.json"
+    assert report.exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(report.read_text())
+
+
 def layout_name(python: Path, cwd: Path) -> str:
     """What `vitgrade doctor` calls this install layout."""
     return run([str(python), "-c", "from grader.doctor import install_layout; print(install_layout())"], cwd=cwd,
@@ -300,6 +315,9 @@ def test_non_root_user(place):
     place.chmod(0o755)
     python = make_venv(home / "venv", python=str(SYSTEM_PYTHON), owner=NON_ROOT)
     assert_full_code_marks(grade_example(python, home, owner=NON_ROOT))
+    batch = grade_class(python, home, owner=NON_ROOT)
+    assert_full_code_marks(batch)
+    assert any(p.startswith("forked per submission") for p in batch["sandbox"]["protections"]), batch["sandbox"]
 
 
 PROBE = '''
