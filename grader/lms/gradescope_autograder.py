@@ -145,9 +145,10 @@ def run(root: Path = DEFAULT_ROOT) -> int:
 
 
 def _grade(submission: Path, rubric: Rubric, config: dict) -> Report:
-    from grader.batch.grading import grade_submission, worker_limits
+    from grader.batch.grading import grade_submission
     from grader.options import resolve
     from grader.rubric.late import file_time
+    from grader.rubric.limits import worker_limits
     from grader.sandbox.preflight import require_preflight
 
     if not submission.is_dir() or not any(submission.iterdir()):
