@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import tomlkit
 
 from grader import __version__
 from grader.expected import PACKAGED_VECTORS, record
+from grader.pyproject import Distribution, pinned
 
 GRADER = Path(__file__).resolve().parent
 # Modules that compute the solution or need it; the bundle leaves them out.
@@ -20,33 +20,19 @@ INSTRUCTOR_ONLY = ("reference.py", "assign.py", "handout.py", "bundle.py")
 # Rubric entries that stay with the instructor: the multiple-choice answer key and its check.
 ANSWER_KEYS = (("tasks", "task2_key"), ("points", "task2.choice"))
 
-DEPENDENCIES = ["torch>=2.1", "numpy>=1.24", "nbformat>=5.9", "pandas>=2.0", "matplotlib>=3.7", "pillow>=10.0",
-                "jinja2>=3.1", "tqdm>=4.66", "tomli>=2.0; python_version < '3.11'"]
+# The bundle's requirements by name; their pins are the project's own (grader.pyproject.pinned). The bundle
+# leaves out what only the instructor's side needs (torchvision, nbconvert, jupytext, tomlkit).
+DEPENDENCIES = ("torch", "numpy", "nbformat", "pandas", "matplotlib", "pillow", "jinja2", "tqdm", "tomli")
 DESCRIPTION = "Self-check for the ViT on CIFAR-10 assignment (test vectors; no solution inside)."
 PACKAGES = ("grader", "assignments", "reference")
 
-PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
 
-[project]
-name = "vitgrade-student"
-version = "{version}"
-description = "{description}"
-requires-python = ">=3.10"
-dependencies = {dependencies}
+def distribution() -> Distribution:
+    """What the bundle's pyproject.toml and wheel metadata say."""
+    return Distribution("vitgrade-student", __version__, tuple(pinned(DEPENDENCIES)), PACKAGES,
+                        {"grader": (PACKAGED_VECTORS.name, "**/*.j2"), "assignments": ("**/rubric.toml",)},
+                        description=DESCRIPTION)
 
-[project.scripts]
-vitgrade = "grader.cli:main"
-
-[tool.setuptools.packages.find]
-include = ["grader*", "assignments*", "reference*"]
-
-[tool.setuptools.package-data]
-grader = ["test_vectors.npz", "**/*.j2"]
-assignments = ["**/rubric.toml"]
-"""
 
 README = """\
 # vitgrade-student
@@ -112,8 +98,7 @@ def write_bundle(dest: Path, rubric_path: Path | None = None) -> Path:
     (dest / "reference").mkdir()
     (dest / "reference" / "__init__.py").write_text('"""Attention-map helpers (the student bundle has no solution)."""\n')
     shutil.copyfile(PROJECT_ROOT / "reference" / "attention_maps.py", dest / "reference" / "attention_maps.py")
-    (dest / "pyproject.toml").write_text(PYPROJECT.format(version=__version__, description=DESCRIPTION,
-                                                          dependencies=json.dumps(DEPENDENCIES)), encoding="utf-8")
+    (dest / "pyproject.toml").write_text(distribution().pyproject(), encoding="utf-8")
     (dest / "README.md").write_text(README.format(version=__version__), encoding="utf-8")
     return dest
 
@@ -129,14 +114,7 @@ def write_wheel(bundle: Path, folder: Path) -> Path:
     dist_info = f"vitgrade_student-{__version__}.dist-info"
     entries = [(p.relative_to(bundle).as_posix(), p.read_bytes()) for p in sorted(bundle.rglob("*"))
                if p.is_file() and p.relative_to(bundle).parts[0] in PACKAGES]
-    metadata = "\n".join(["Metadata-Version: 2.1", "Name: vitgrade-student", f"Version: {__version__}",
-                          f"Summary: {DESCRIPTION}", "Requires-Python: >=3.10",
-                          *(f"Requires-Dist: {requirement}" for requirement in DEPENDENCIES)]) + "\n"
-    entries += [(f"{dist_info}/METADATA", metadata.encode()),
-                (f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: vitgrade\nRoot-Is-Purelib: true\n"
-                                       b"Tag: py3-none-any\n"),
-                (f"{dist_info}/entry_points.txt", b"[console_scripts]\nvitgrade = grader.cli:main\n"),
-                (f"{dist_info}/top_level.txt", "\n".join(PACKAGES).encode() + b"\n")]
+    entries += [(f"{dist_info}/{name}", data) for name, data in distribution().dist_info().items()]
     record = [f"{name},sha256={_urlsafe_digest(data)},{len(data)}" for name, data in entries]
     entries.append((f"{dist_info}/RECORD", ("\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n").encode()))
     path = folder / wheel_name()

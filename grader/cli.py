@@ -44,13 +44,14 @@ def _launch_worker(args: argparse.Namespace):
     uses the worker only if its limits are the submission's, else starts another. None where the limits need
     torch to decide (`auto` and `full` may use CUDA), for a rubric the usual path refuses, or nothing to grade."""
     from grader.rubric import RubricError, load_rubric
-    from grader.sandbox import Limits, Sandbox, SandboxError
+    from grader.rubric.limits import worker_limits
+    from grader.sandbox import Sandbox, SandboxError
 
     if args.accuracy not in ("off", "quick") or not Path(args.submission).exists():
         return None
-    try:
-        memory_gib = load_rubric(args.rubric).limits["memory_gib"]
-        sandbox = Sandbox("", limits=Limits(memory_bytes=int(memory_gib * 1024**3)), isolation=args.isolation)
+    try:  # the limits grade_submission will ask for (threads and GPU: its defaults, as _check calls it)
+        sandbox = Sandbox("", limits=worker_limits(load_rubric(args.rubric), _run_options(args)),
+                          isolation=args.isolation)
         sandbox.launch()
     except (RubricError, OSError, ArithmeticError, SandboxError):  # the usual path says why
         return None
@@ -257,8 +258,8 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from grader.batch.grading import worker_limits
     from grader.doctor import diagnose
+    from grader.rubric.limits import worker_limits
 
     run = _run_options(args)
     diagnosis = diagnose(worker_limits(_rubric(args), run), run.isolation, run.data_dir)

@@ -27,7 +27,7 @@ STAGES: list[tuple[str, str, int]] = [
     ("grader.checks", "checks", 4),
     ("grader.rubric", "rubric", 3),
     *((f"grader.{stage}", stage, 2) for stage in ("intake", "sandbox", "expected", "training", "render")),
-    *((f"grader.{stage}", stage, 1) for stage in ("report", "options", "tables", "handout")),
+    *((f"grader.{stage}", stage, 1) for stage in ("report", "options", "tables", "handout", "pyproject")),
     ("grader.spec", "spec", 0), ("grader", "grader", 0),
 ]
 

@@ -222,7 +222,9 @@ def test_check_launches_the_worker_early_only_where_the_rubric_file_decides_its_
     import tomlkit
 
     from grader.cli import _launch_worker
-    from grader.rubric import DEFAULT_RUBRIC
+    from grader.options import resolve
+    from grader.rubric import DEFAULT_RUBRIC, load_rubric
+    from grader.rubric.limits import worker_limits
 
     def launched(accuracy: str, limits: str | None = None):
         rubric = None
@@ -232,16 +234,30 @@ def test_check_launches_the_worker_early_only_where_the_rubric_file_decides_its_
             del bundled["limits"]
             rubric.write_text(tomlkit.dumps(bundled) + "\n" + limits, encoding="utf-8")
         args = argparse.Namespace(accuracy=accuracy, submission=str(EXAMPLES / "s1002_separate_qkv.py"),
-                                  rubric=rubric, isolation=None)
+                                  rubric=rubric, isolation=None, data_dir=None)
         sandbox = _launch_worker(args)
         if sandbox is not None:
             sandbox.close()
+            # grade_submission reuses the worker only if its limits are the ones it asks for (as _check calls it)
+            assert sandbox.limits == worker_limits(load_rubric(rubric), resolve(accuracy)), accuracy
         return sandbox
 
     bundled = launched("off")
     assert bundled is not None and bundled.limits.memory_bytes == 6 * 1024**3
+    assert launched("quick") is not None
     assert launched("quick", "[limits]\nmemory_gib = 2.5\n").limits.memory_bytes == int(2.5 * 1024**3)
     assert launched("auto") is None and launched("full") is None  # CUDA or not is torch's to say
     # A rubric load_rubric will refuse is not launched from (nor does "6" * 1024**3 build a 1 GB string).
     for bad in ('[limits]\nmemory_gib = "6"\n', "limits = 3\n", "[limits]\nmemory_gib = inf\n", "[limits\n"):
         assert launched("off", bad) is None, bad
+
+
+def test_the_early_worker_starts_before_torch_is_imported():
+    """What makes the early launch worth it: deciding its limits (rubric, options) imports no torch in the parent."""
+    script = ("import argparse, sys; from grader.cli import _launch_worker; "
+              f"args = argparse.Namespace(accuracy='off', submission={str(EXAMPLES / 's1002_separate_qkv.py')!r}, "
+              "rubric=None, isolation=None, data_dir=None); sandbox = _launch_worker(args); "
+              "print(sandbox is not None, 'torch' in sys.modules); sandbox.close()")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["True", "False"]

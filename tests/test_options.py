@@ -142,3 +142,21 @@ def test_the_trainer_validates_a_plain_dict_before_training():
 
     with pytest.raises(ValueError, match=r"recipe\.batch_size: expected a whole number >= 1, got '64'"):
         train_and_predict(torch.nn.Linear(2, 2), {}, {"epochs": 1, "batch_size": "64", "lr": 0.1})
+
+
+def test_the_workers_limits_come_from_the_rubric_and_the_resolved_mode():
+    """grader.rubric.limits.worker_limits, the one place a rubric becomes sandbox Limits: the bundled rubric's 6 GiB,
+    CUDA only for `full` with train.accuracy in the rubric, threads and GPU passed through."""
+    from grader.rubric import load_rubric
+    from grader.rubric.limits import worker_limits
+    from grader.sandbox import Limits
+
+    rubric = load_rubric()
+    assert rubric.limits["memory_gib"] == 6.0 and rubric.enabled("train.accuracy")
+    for mode in ("off", "quick"):
+        assert worker_limits(rubric, resolve(mode)) == Limits(memory_bytes=6 * 1024**3)
+    full = RunOptions(accuracy="full", device="cuda")
+    assert worker_limits(rubric, full, 4, "1") == Limits(memory_bytes=6 * 1024**3, cuda=True, threads=4, gpu="1")
+    rubric.points.pop("train.accuracy")  # no training, no CUDA for the worker
+    rubric.limits["memory_gib"] = 2.5
+    assert worker_limits(rubric, full) == Limits(memory_bytes=int(2.5 * 1024**3))

@@ -19,15 +19,10 @@ from grader.options import Accuracy, RunOptions, resolve
 from grader.render.safe import clean_report
 from grader.report import CheckResult, Report, answer_picture_files
 from grader.rubric import Rubric, load_rubric
+from grader.rubric.limits import worker_limits
 from grader.sandbox import Limits, Sandbox, SandboxError, choose_level
 
 FLOAT64_TROUBLE = ("Double", "Float", "dtype", "scalar type")
-
-
-def worker_limits(rubric: Rubric, options: RunOptions, threads: int = 0, gpu: str | None = None) -> Limits:
-    """The limits every student's worker gets (the preflight runs under the same)."""
-    cuda = options.device == "cuda" and rubric.enabled("train.accuracy")
-    return Limits(memory_bytes=int(rubric.limits["memory_gib"] * 1024**3), cuda=cuda, threads=threads, gpu=gpu)
 
 
 GRADER_FAULT = "grader fault, no points lost (grade again once the grader works; see `vitgrade doctor`)"

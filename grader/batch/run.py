@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from grader.batch.deadlines import apply_late_policy, read_late_inputs
 from grader.batch.gradebook import read_roster, write_summary
-from grader.batch.grading import fingerprint, grade_submission, rescore, worker_limits
+from grader.batch.grading import fingerprint, grade_submission, rescore
 from grader.batch.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
 from grader.batch.output import RUBRIC_COPY, student_dir, write_student, write_student_safely
 from grader.expected import Expected, VectorsError, challenge_expected, default_expected
@@ -26,6 +26,7 @@ from grader.options import RunOptions, resolve
 from grader.render.safe import clean_text
 from grader.report import Report, load_report, write_atomic
 from grader.rubric import Rubric, RubricError, load_rubric
+from grader.rubric.limits import worker_limits
 from grader.sandbox.preflight import GraderBroken, require_preflight
 
 SUBMISSION_SUFFIXES = {".ipynb", ".py", ".zip"}

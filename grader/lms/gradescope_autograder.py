@@ -32,6 +32,7 @@ from assignments import PROJECT_ROOT
 from grader import __version__
 from grader.lms.common import needs_regrade
 from grader.lms.release import zip_bytes
+from grader.pyproject import PROJECT, Distribution, project_requirements
 from grader.report import Report, write_atomic
 from grader.rubric import Rubric, load_rubric
 
@@ -67,46 +68,10 @@ exec "${{VITGRADE_PYTHON:-python3}}" -m grader.lms.gradescope_autograder --root 
 """
 
 
-def _dependencies() -> list[str]:
-    """This package's requirements: from pyproject.toml in a checkout, else from the installed metadata."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-
-    pyproject = PROJECT_ROOT / "pyproject.toml"
-    if pyproject.is_file():
-        return list(tomllib.loads(pyproject.read_text("utf-8"))["project"]["dependencies"])
-    from importlib.metadata import requires
-
-    return [r for r in requires("vit-autograder") or [] if "extra ==" not in r]
-
-
-def _pyproject() -> str:
-    deps = ",\n".join(f"    {json.dumps(d)}" for d in _dependencies())
-    return f"""\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "vit-autograder"
-version = "{__version__}"
-requires-python = ">=3.10"
-dependencies = [
-{deps}
-]
-
-[project.scripts]
-vitgrade = "grader.cli:main"
-
-[tool.setuptools.packages.find]
-include = ["grader*", "reference*", "assignments*"]
-
-[tool.setuptools.package-data]
-assignments = ["**/*"]
-grader = ["**/*.html", "**/*.j2", "**/*.css", "*.npz"]
-"""
+def distribution() -> Distribution:
+    """What the copy of the grader in the zip says of itself: the project's name, version and requirements."""
+    return Distribution(PROJECT, __version__, tuple(project_requirements()), PACKAGES,
+                        {"assignments": ("**/*",), "grader": ("**/*.html", "**/*.j2", "**/*.css", "*.npz")})
 
 
 def build_autograder(dest: Path, rubric: Rubric, *, accuracy: str = "auto", timeout: float | None = None) -> Path:
@@ -119,7 +84,7 @@ def build_autograder(dest: Path, rubric: Rubric, *, accuracy: str = "auto", time
             relative = path.relative_to(PROJECT_ROOT).as_posix()
             if path.is_file() and not ignore.search(relative):
                 entries[f"{SOURCE_DIR}/{relative}"] = path.read_bytes()
-    entries[f"{SOURCE_DIR}/pyproject.toml"] = _pyproject().encode()
+    entries[f"{SOURCE_DIR}/pyproject.toml"] = distribution().pyproject().encode()
     entries["rubric.toml"] = rubric.path.read_bytes()
     entries["config.json"] = json.dumps({"accuracy": accuracy, "timeout": timeout, "built_with": __version__},
                                         indent=2).encode()
@@ -180,9 +145,10 @@ def run(root: Path = DEFAULT_ROOT) -> int:
 
 
 def _grade(submission: Path, rubric: Rubric, config: dict) -> Report:
-    from grader.batch.grading import grade_submission, worker_limits
+    from grader.batch.grading import grade_submission
     from grader.options import resolve
     from grader.rubric.late import file_time
+    from grader.rubric.limits import worker_limits
     from grader.sandbox.preflight import require_preflight
 
     if not submission.is_dir() or not any(submission.iterdir()):
