@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -60,6 +61,14 @@ def _mount(source: bytes, target: bytes, kind: bytes | None, flags: int, data: b
     _call(_libc.mount(source, target, kind, flags, data), f"mount {target.decode()}")
 
 
+def mounts_below(top: str) -> list[str]:
+    """The outermost mount points strictly below `top`, from /proc/self/mountinfo (its octal escapes decoded)."""
+    with open("/proc/self/mountinfo") as fh:
+        points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in fh}
+    below = sorted(p for p in points if p.startswith(top.rstrip("/") + "/"))
+    return [p for p in below if not any(p.startswith(q + "/") for q in below)]
+
+
 def enter_namespaces(tmp_bytes: int) -> None:
     """The waiter's part (it keeps capabilities in the new user namespace until the worker drops them)."""
     uid, gid = os.getuid(), os.getgid()
@@ -76,7 +85,18 @@ def enter_namespaces(tmp_bytes: int) -> None:
     _call(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
     _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
     size = f"size={tmp_bytes},mode=1777".encode()
+    # bubblewrap bound the interpreter's files at their real paths, which may lie under /tmp (a venv there): the
+    # fresh /tmp gets the same binds again, from handles opened before it covers them.
+    kept = [(point, os.open(point, os.O_PATH | os.O_CLOEXEC)) for point in mounts_below("/tmp")]
     _mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, size)
+    for point, handle in kept:
+        if os.path.isdir(f"/proc/self/fd/{handle}"):
+            os.makedirs(point, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(point), exist_ok=True)
+            open(point, "a").close()
+        _mount(f"/proc/self/fd/{handle}".encode(), point.encode(), None, MS_BIND | MS_REC)
+        os.close(handle)
     _mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV, size)
     # A remount keeps the flags bubblewrap locked (nosuid, nodev), or the kernel refuses it.
     _mount(b"none", b"/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)

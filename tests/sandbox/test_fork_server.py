@@ -3,14 +3,18 @@ every worker starts on its own where those namespaces cannot be made."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
-from grader.sandbox import Limits, Sandbox, SandboxError, available_levels, fork_client
+from grader.sandbox import Limits, Sandbox, SandboxError, available_levels, fork_client, isolation
 from grader.sandbox.fork_client import ForkedWorker
 
 pytestmark = pytest.mark.skipif("bwrap" not in available_levels(), reason="the fork server runs in bubblewrap")
@@ -142,3 +146,23 @@ def test_the_fork_server_outlives_the_thread_that_first_needed_it():
         server.proc.wait(timeout=1)
     with forked() as sandbox:
         assert fork_client.fork_server(sandbox.limits, "bwrap") is server
+
+
+def test_what_bubblewrap_bound_under_tmp_is_still_there_read_only(monkeypatch):
+    # A venv under /tmp has its packages bound under /tmp: each worker's fresh /tmp must keep them (a module
+    # imported late, like torch._dynamo on the first training step, is read from there).
+    site = Path(tempfile.mkdtemp(prefix="vitgrade-site-", dir="/tmp"))
+    (site / "late_import").mkdir()
+    (site / "late_import" / "__init__.py").write_text("VALUE = 42\n")
+    layout = isolation.interpreter_layout()
+    monkeypatch.setattr(isolation, "interpreter_layout", lambda: dataclasses.replace(
+        layout, site_entries=(*layout.site_entries, str(site / "late_import")), site_dirs=(*layout.site_dirs, str(site))))
+    try:
+        with forked(tmp_bytes=96 * 1024**2) as sandbox:  # limits of its own: a fork server with this layout
+            assert observe(sandbox, "import late_import\nresult = late_import.VALUE") == "42"
+            assert observe(sandbox, "import os\nresult = os.listdir('/tmp')") == repr([site.name])
+            with pytest.raises(SandboxError, match="Read-only file system"):
+                sandbox.request("load", {"code": f"open('{site}/late_import/planted.py', 'w')"})
+    finally:
+        fork_client.close_all()
+        shutil.rmtree(site)
