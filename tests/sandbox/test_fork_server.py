@@ -38,9 +38,10 @@ def forked(code: str = "x = 1\n", **limits) -> Sandbox:
 def test_a_submission_finds_nothing_the_previous_one_left_behind():
     with forked() as first:
         code = "import os\nfor path in ('/tmp/left', '/dev/shm/left'):\n    open(path, 'w').write('secret')\n"
-        assert observe(first, code + "result = os.listdir('/tmp') + os.listdir('/dev/shm')") == "['left', 'left']"
-    with forked() as second:
-        assert observe(second, "import os\nresult = os.listdir('/tmp') + os.listdir('/dev/shm')") == "[]"
+        listing = "result = ['left' in os.listdir('/tmp'), 'left' in os.listdir('/dev/shm')]"
+        assert observe(first, code + listing) == "[True, True]"
+    with forked() as second:  # (a venv under /tmp shows there too, bound read-only: see the test below)
+        assert observe(second, "import os\n" + listing) == "[False, False]"
         with pytest.raises(SandboxError, match="Read-only file system"):
             second.request("load", {"code": "open('/dev/left', 'w')"})
 
@@ -160,7 +161,7 @@ def test_what_bubblewrap_bound_under_tmp_is_still_there_read_only(monkeypatch):
     try:
         with forked(tmp_bytes=96 * 1024**2) as sandbox:  # limits of its own: a fork server with this layout
             assert observe(sandbox, "import late_import\nresult = late_import.VALUE") == "42"
-            assert observe(sandbox, "import os\nresult = os.listdir('/tmp')") == repr([site.name])
+            assert observe(sandbox, f"import os\nresult = {site.name!r} in os.listdir('/tmp')") == "True"
             with pytest.raises(SandboxError, match="Read-only file system"):
                 sandbox.request("load", {"code": f"open('{site}/late_import/planted.py', 'w')"})
     finally:
