@@ -17,7 +17,8 @@ import pytest
 from grader.sandbox import Limits, Sandbox, SandboxError, available_levels, fork_client, isolation
 from grader.sandbox.fork_client import ForkedWorker
 
-pytestmark = pytest.mark.skipif("bwrap" not in available_levels(), reason="the fork server runs in bubblewrap")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif("bwrap" not in available_levels(), reason="the fork server runs in bubblewrap")]
 
 
 def observe(sandbox: Sandbox, code: str) -> str:

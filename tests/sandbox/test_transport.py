@@ -112,6 +112,7 @@ def bundle(tmp_path_factory, code_rubric_file) -> Path:
     return write_bundle(tmp_path_factory.mktemp("bundle") / "vitgrade_student", rubric_path=code_rubric_file)
 
 
+@pytest.mark.slow  # starts a worker process
 def test_the_bundles_vitgrade_check_gives_a_correct_submission_full_code_marks_on_simulated_windows(bundle, tmp_path):
     out = tmp_path / "report.json"
     result = subprocess.run([sys.executable, "-c", CHECK_ON_WINDOWS, str(bundle), str(ROOT), "check", str(CORRECT),
@@ -135,6 +136,7 @@ def forward(sandbox: Sandbox, x: np.ndarray, timeout: float = 30.0, **request):
     return sandbox.request("forward", {"handle": "n", **request}, {"x": x}, timeout=timeout)
 
 
+@pytest.mark.slow  # starts a worker process
 def test_a_print_flood_and_input_never_reach_the_protocol(windows):
     body = ("        import os, sys\n"
             "        print('VGW1' + 'x' * 100, flush=True)\n"  # the protocol's magic, on stdout
@@ -154,6 +156,7 @@ def test_a_print_flood_and_input_never_reach_the_protocol(windows):
     assert len(output) < 2 * sandbox.limits.output_bytes
 
 
+@pytest.mark.slow  # starts a worker process
 def test_a_hang_times_out_and_the_worker_is_killed(windows):
     with Sandbox(NET.format(body="        while True:\n            pass"), isolation="none") as sandbox:
         sandbox.start()
@@ -167,6 +170,7 @@ def test_a_hang_times_out_and_the_worker_is_killed(windows):
         os.kill(pid, 0)  # gone, and reaped
 
 
+@pytest.mark.slow  # starts a worker process
 def test_an_oversized_reply_is_refused_before_its_arrays_are_read(windows, monkeypatch):
     read = []
     original = transport.ThreadedPipes.read
@@ -202,6 +206,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow  # starts a worker process
 def test_an_idle_worker_exits_when_the_grader_is_killed():
     # Windows has no PR_SET_PDEATHSIG: the worker notices the end of its request pipe instead.
     grader = subprocess.Popen([sys.executable, "-c", IDLE_WORKER_ON_WINDOWS], cwd=ROOT, stdout=subprocess.PIPE,
@@ -315,6 +320,7 @@ sys.stderr.write(f"setmode: {sorted(calls) == sorted([(in_fd, 0x8000), (out_fd, 
 """
 
 
+@pytest.mark.slow  # starts a worker process
 def test_the_worker_moves_the_protocol_off_stdin_and_stdout_before_student_code():
     result = subprocess.run([sys.executable, "-c", WORKER_ON_WINDOWS], cwd=ROOT, input=b"VGW1 request",
                             capture_output=True, timeout=60)
