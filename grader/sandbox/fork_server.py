@@ -137,6 +137,7 @@ def run_waiter(fds: list[int], tmp_bytes: int) -> None:
         enter_namespaces(tmp_bytes)
     except OSError as exc:
         os.write(err, f"the sandbox could not give this submission namespaces of its own: {exc}\n".encode())
+        os.write(status, struct.pack("<qq", -1, SETUP_FAILED))  # no worker, and why it ended (ForkedWorker)
         os._exit(SETUP_FAILED)
     pid = os.fork()
     if pid == 0:
@@ -236,15 +237,14 @@ def serve(control: socket.socket, tmp_bytes: int) -> None:
 
 def main() -> None:
     control_fd, tmp_bytes = int(sys.argv[1]), int(sys.argv[2])
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:0] = [here]
-    sys.path += [p for p in sys.argv[3:] if p not in sys.path]
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `python -I` leaves the script's folder out
+    import worker
+
+    worker.prepare(sys.argv[3:])
     import numpy  # noqa: F401 - imported once here, for every worker forked after
     import torch  # noqa: F401
     import trainer  # noqa: F401
     import wire  # noqa: F401
-    import worker  # noqa: F401
 
     serve(socket.socket(fileno=control_fd), tmp_bytes)
 

@@ -310,13 +310,20 @@ def protocol_off_stdio() -> tuple[int, int]:
     return in_fd, out_fd
 
 
+def prepare(site_dirs: list[str]) -> None:
+    """The worker's imports and environment: its own folder first, then the site folders it was given (also
+    what fork_server.py does before its imports)."""
+    if HERE not in sys.path[:1]:
+        sys.path.insert(0, HERE)
+    sys.path += [p for p in site_dirs if p not in sys.path]
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
 def main() -> None:
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
     if (in_fd, out_fd) == (0, 1):
         in_fd, out_fd = protocol_off_stdio()
-    sys.path[:0] = [HERE]
-    sys.path += [p for p in sys.argv[3:] if p not in sys.path]
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    prepare(sys.argv[3:])
     Worker(in_fd, out_fd).serve()
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.sandbox import Limits, Sandbox, SandboxError, available_levels, fork_client, isolation
+from grader.sandbox import Limits, Sandbox, SandboxError, available_levels, fork_client, fork_server, isolation
 from grader.sandbox.fork_client import ForkedWorker
 
 pytestmark = [pytest.mark.slow,
@@ -168,3 +169,14 @@ def test_what_bubblewrap_bound_under_tmp_is_still_there_read_only(monkeypatch):
     finally:
         fork_client.close_all()
         shutil.rmtree(site)
+
+
+def test_a_waiter_that_could_not_make_the_namespaces_reports_no_worker_and_its_exit_code():
+    # What run_waiter writes when enter_namespaces fails: PID -1, then SETUP_FAILED (a grader fault at start).
+    read_end, write_end = os.pipe()
+    os.write(write_end, struct.pack("<qq", -1, fork_server.SETUP_FAILED))
+    os.close(write_end)
+    worker = ForkedWorker(read_end, server=None)
+    assert worker.pid is None
+    assert worker.wait(timeout=5) == fork_server.SETUP_FAILED
+    worker.close()
