@@ -246,6 +246,8 @@ class Sandbox:
         self._rep_r, rep_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        wire.widen(req_r)
+        wire.widen(rep_w)
         os.set_blocking(self._req_w, False)
         if self.isolation != "bwrap":
             self._scratch = tempfile.mkdtemp(prefix="vitgrade-work-")
