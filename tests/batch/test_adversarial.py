@@ -159,7 +159,7 @@ def processes_with(marker: str) -> list[str]:
 def graded(tmp_path_factory):
 
     rubric = copy.deepcopy(code_rubric())  # the honest student submits code only
-    rubric.limits.update(request_timeout=8.0, submission_timeout=120.0, memory_gib=2.0)
+    rubric.limits.update(request_timeout=4.0, submission_timeout=120.0, memory_gib=2.0)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)

@@ -167,9 +167,6 @@ def test_flop_count_of_the_default_model():
     assert 1.0e9 < forward_flops({}) < 1.5e9
 
 
-CONSTANT_OUTPUT = HANDOUT_SOURCE.replace(
-    "        x = self.norm(x)[:, 0]\n        return self.linear(x)",
-    "        x = self.norm(x)[:, 0]\n        return self.linear(x * 0)")
 DETACHED_ENCODER = HANDOUT_SOURCE.replace("        x = self.patch_embed(x)\n",
                                           "        x = self.patch_embed(x).detach()\n").replace(
     "            x = layer(x)\n", "            x = layer(x).detach()\n")
@@ -181,17 +178,20 @@ def quick_rubric():
 
     rubric = copy.deepcopy(load_rubric())
     rubric.points = {"load.code": 1, "load.definitions": 1, "train.accuracy": 10}
-    rubric.accuracy["quick"].update(train_images=2000, test_images=400)
-    # The shipped recipe (its min_steps gives 2,000 images the steps to learn), with a cap a busy test
-    # machine cannot hit: a capped reference run is no verdict.
-    rubric.accuracy["quick"]["recipe"] = dataclasses.replace(rubric.accuracy["quick"]["recipe"], max_seconds=1200)
+    quick = rubric.accuracy["quick"]
+    quick.update(train_images=2000, test_images=400)
+    # A smaller model and fewer steps than the shipped recipe (which test_quick_recipe_learns_digits_... runs):
+    # still enough for the reference to clear chance on these shapes, with a cap a busy test machine cannot
+    # hit (a capped reference run is no verdict).
+    quick["config"] = {**quick["config"], "dim_hidden": 32, "num_heads": 2, "dim_feedforward": 64, "num_layers": 1}
+    quick["recipe"] = dataclasses.replace(quick["recipe"], min_steps=150, batch_size=64, lr=0.004, max_seconds=1200)
     return rubric
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-# The handout's own classes and a constant output are graded with the same shipped recipe on real digits
-# (test_quick_recipe_learns_digits_...); here, another correct style and another model that cannot learn.
+# The handout's own classes are graded with the shipped recipe on real digits (test_quick_recipe_learns_digits_...);
+# here, another correct style and a model that cannot learn, with a smaller recipe (quick_rubric).
 @pytest.mark.parametrize("name, source, passes", [
     ("separate_qkv", EXAMPLES / "s1002_separate_qkv.py", True),
     ("detached_encoder", DETACHED_ENCODER, False),
@@ -292,66 +292,24 @@ def _digits_rubric(recipe_changes: dict | None = None):
     return rubric
 
 
-@pytest.fixture(scope="module")
-def digits_graded(digits, tmp_path_factory):
-    """The shipped quick recipe on digits: a correct submission and one whose output cannot depend on its
-    input, graded once for the module (the reference trains once, for both, through the cache)."""
-    work = tmp_path_factory.mktemp("digits-graded")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(work / "cache"))
-        reports = {}
-        for name, source in (("correct", HANDOUT_SOURCE), ("constant_output", CONSTANT_OUTPUT)):
-            path = work / f"{name}.py"
-            path.write_text(source, encoding="utf-8")
-            reports[name] = grade_submission(path, rubric=_digits_rubric(), accuracy="quick", data_dir=digits,
-                                             threads=1)
-    return reports
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_quick_recipe_learns_digits_a_correct_model_passes_clearly_and_a_constant_one_fails(digits_graded):
-    correct = digits_graded["correct"].check("train.accuracy")
-    constant = digits_graded["constant_output"].check("train.accuracy")
+def test_quick_recipe_learns_digits_and_a_correct_model_passes_clearly(digits, tmp_path, monkeypatch):
+    """The shipped quick recipe on real digits: the handout's own classes (the reference trains first)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "correct.py"
+    path.write_text(HANDOUT_SOURCE, encoding="utf-8")
+    report = grade_submission(path, rubric=_digits_rubric(), accuracy="quick", data_dir=digits, threads=1)
+    correct = report.check("train.accuracy")
     details = correct.details
     assert correct.status == "passed", correct.message
     assert not details["synthetic_data"] and details["train_images"] == 1400 and details["test_images"] == 397
     assert details["epochs"] > 4  # the recipe's 4 epochs would be 40 steps on 1,260 images: min_steps adds epochs
+    # The pass mark stands clear of chance, which is all a model whose output ignores its input can reach (it
+    # predicts one class for every image), so such a model fails by construction; test_quick_accuracy_check
+    # trains one that cannot learn.
     assert details["reference_accuracy"] - details["margin"] >= details["chance"] + details["min_lead"]
-    assert correct.status == "passed", correct.message
     assert details["accuracy"] >= details["threshold"] + 0.1, correct.message  # a clear margin
     assert details["accuracy_source"] == "reference"
     assert details["precision"] in ("float32", "bfloat16")
-    assert "attention.png" in digits_graded["correct"].attachments
-    assert constant.status == "failed", constant.message
-    assert constant.details["accuracy"] <= constant.details["chance"] < constant.details["threshold"]
-    assert constant.details["threshold"] <= constant.details["reference_accuracy"]
-    assert "does not learn" in constant.message or "stopped" in constant.message
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuses_it(digits, tmp_path, monkeypatch,
-                                                                                      capsys):
-    """The recipe as it was (4 epochs counted, 40 steps on 1,260 digits): the reference stays near chance."""
-    import tomlkit
-
-    from grader.cli import main
-    from grader.rubric import DEFAULT_RUBRIC
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    weak = {"min_steps": 0, "augment": True}
-    report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=_digits_rubric(weak), accuracy="quick",
-                              data_dir=digits, threads=1)
-    check = report.check("train.accuracy")
-    assert check.status == "error" and check.fault == "grader", check.message
-    assert "no verdict on your model: the reference itself reaches only" in check.message
-    assert f"chance: {check.details['chance']:.1%}" in check.message
-    assert report.score == report.max_score == 2  # the grader's fault costs no points
-    document = tomlkit.parse(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
-    document["accuracy"]["quick"]["recipe"].update(weak)
-    rubric = tmp_path / "weak.toml"
-    rubric.write_text(tomlkit.dumps(document), encoding="utf-8")
-    assert main(["calibrate", "--accuracy", "quick", "--seeds", "2", "--rubric", str(rubric),
-                 "--data-dir", str(digits)]) == 2
-    assert "refused: the reference itself reaches only" in capsys.readouterr().err
+    assert "attention.png" in report.attachments
