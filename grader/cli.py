@@ -68,6 +68,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, launched) -> int:
+    path = Path(args.submission)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    rubric = _rubric(args)  # a usage error says so before torch and the checks are imported (seconds)
+
     from grader.batch.grading import grade_submission
     from grader.render.junit import render_junit
     from grader.render.student import notebook_language, outline
@@ -75,10 +80,6 @@ def _check(args: argparse.Namespace, launched) -> int:
     from grader.report import write_atomic
     from grader.rubric import instructor_only
 
-    path = Path(args.submission)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
-    rubric = _rubric(args)
     report = grade_submission(path, _run_options(args), rubric=rubric, student_id=args.student, launched=launched)
     lang = args.lang or notebook_language(path)
     print(render_table(report, lang=lang, outline=outline(report, instructor_only(rubric), lang)))

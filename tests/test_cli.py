@@ -261,3 +261,14 @@ def test_the_early_worker_starts_before_torch_is_imported():
     ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == ["True", "False"]
+
+
+def test_a_check_usage_error_is_reported_before_torch_is_imported(tmp_path):
+    """A mistyped path or a broken rubric is answered at once, not after seconds of imports."""
+    bad_rubric = tmp_path / "rubric.toml"
+    bad_rubric.write_text('[points]\n"equiv.vti" = 3\n', encoding="utf-8")
+    for args in ([str(tmp_path / "missing.ipynb")], [str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric)]):
+        script = ("import sys; from grader.cli import main; code = main(['check', *sys.argv[1:]]); "
+                  "print(code, 'torch' in sys.modules)")
+        ran = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+        assert ran.stdout.split() == ["2", "False"], (args, ran.stdout, ran.stderr)
