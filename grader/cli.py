@@ -97,6 +97,13 @@ def _check(args: argparse.Namespace, launched) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
+    from grader.batch.discovery import discover
+
+    try:  # a wrong path is a usage error before torch and the grader are imported (seconds)
+        discover(args.submissions, args.id_pattern)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
     from grader.batch.run import BatchOptions, grade_batch
     from grader.sandbox.preflight import GraderBroken
 
@@ -353,6 +360,18 @@ def _rubric(args: argparse.Namespace):
         raise UsageError(str(exc)) from None
 
 
+def _id_pattern(text: str) -> str:
+    import re
+
+    try:
+        compiled = re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc})") from None
+    if "id" not in compiled.groupindex:
+        raise argparse.ArgumentTypeError("needs a group named 'id', e.g. '(?P<id>s\\d+)_'")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from grader.options import ACCURACY_CHOICES
     from grader.training.recipe import COMPILE_MODES
@@ -381,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip students whose report is up to date (default: on)")
     grade.add_argument("--manual", type=Path, help="CSV of TA scores for manual checks to merge")
     grade.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
-    grade.add_argument("--id-pattern", help="regex with a group named 'id' to take student ids from file names")
+    grade.add_argument("--id-pattern", type=_id_pattern,
+                       help="regex with a group named 'id' to take student ids from file names")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
     grade.add_argument("--submitted", type=Path, help="late policy: CSV of student_id, submitted_at (ISO 8601)")
     grade.add_argument("--extensions", type=Path, help="late policy: CSV of student_id, extension_hours")

@@ -316,7 +316,7 @@ def test_lms_ids_are_read_where_the_lms_writes_them(name, expected):
 def test_id_collisions_never_overwrite_and_are_reported():
     """Items 8 and 14: two names that sanitise to one id (and a third that is that id plus "-2") keep
     three distinct ids, none taking another's, and each collision is reported."""
-    from grader.batch.run import assign_ids
+    from grader.batch.discovery import assign_ids
 
     paths = [Path("a b.py"), Path("a_b.ipynb"), Path("a_b-2.py"), Path("A_B.zip")]
     entries, collisions = assign_ids(paths)

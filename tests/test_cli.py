@@ -263,12 +263,26 @@ def test_the_early_worker_starts_before_torch_is_imported():
     assert ran.stdout.split() == ["True", "False"]
 
 
-def test_a_check_usage_error_is_reported_before_torch_is_imported(tmp_path):
-    """A mistyped path or a broken rubric is answered at once, not after seconds of imports."""
+def test_a_usage_error_is_reported_before_torch_is_imported(tmp_path):
+    """A mistyped path, an empty folder or a broken rubric is answered at once, not after seconds of imports."""
     bad_rubric = tmp_path / "rubric.toml"
     bad_rubric.write_text('[points]\n"equiv.vti" = 3\n', encoding="utf-8")
-    for args in ([str(tmp_path / "missing.ipynb")], [str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric)]):
-        script = ("import sys; from grader.cli import main; code = main(['check', *sys.argv[1:]]); "
-                  "print(code, 'torch' in sys.modules)")
+    (tmp_path / "empty").mkdir()
+    for args in (["check", str(tmp_path / "missing.ipynb")],
+                 ["check", str(EXAMPLES / "s1002_separate_qkv.py"), "--rubric", str(bad_rubric)],
+                 ["grade", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
+                 ["grade", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]):
+        script = "import sys; from grader.cli import main; code = main(sys.argv[1:]); print(code, 'torch' in sys.modules)"
         ran = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
         assert ran.stdout.split() == ["2", "False"], (args, ran.stdout, ran.stderr)
+        assert "vitgrade: error:" in ran.stderr and "Traceback" not in ran.stderr
+
+
+@pytest.mark.parametrize("pattern, says", [("(", "not a regular expression"), ("s\\d+", "needs a group named 'id'")])
+def test_a_bad_id_pattern_is_a_usage_error(tmp_path, capsys, pattern, says):
+    from grader.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["grade", str(EXAMPLES), "--out", str(tmp_path / "out"), "--id-pattern", pattern])
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -16,12 +16,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grader.batch.deadlines import apply_late_policy, read_late_inputs
+from grader.batch.discovery import COLLISION_MARK, Entry, discover
 from grader.batch.gradebook import read_roster, write_summary
 from grader.batch.grading import fingerprint, grade_submission, rescore
 from grader.batch.manual import Scores, apply_scores, load_scores, merge_manual, read_sheet
 from grader.batch.output import RUBRIC_COPY, student_dir, write_student, write_student_safely
 from grader.expected import Expected, VectorsError, challenge_expected, default_expected
-from grader.intake.naming import safe_id, student_id_from_name
 from grader.options import RunOptions, resolve
 from grader.render.safe import clean_text
 from grader.report import Report, load_report, write_atomic
@@ -29,7 +29,6 @@ from grader.rubric import Rubric, RubricError, load_rubric
 from grader.rubric.limits import worker_limits
 from grader.sandbox.preflight import GraderBroken, require_preflight
 
-SUBMISSION_SUFFIXES = {".ipynb", ".py", ".zip"}
 LOCK_NAME = ".vitgrade.lock"
 MAX_GRADER_FAULTS = 3  # consecutive reports the grader failed on: stop instead of going through the class
 
@@ -71,12 +70,6 @@ class BatchOptions:
             raise TypeError(f"BatchOptions: give either run or {', '.join(given)}, not both")
 
 
-@dataclass(frozen=True)
-class Entry:
-    student_id: str
-    path: Path
-
-
 @dataclass
 class BatchSummary:
     out: Path
@@ -106,54 +99,6 @@ class BatchSummary:
         1 some row of the --manual sheet could not be applied, or two submissions claimed one student id
         (see the console)."""
         return 1 if self.problems or self.collisions else 0
-
-
-def discover(paths: list[Path], id_pattern: str | None = None) -> tuple[list[Entry], list[str]]:
-    """One entry per student: a folder argument holds one entry (file or sub-folder) per student."""
-    candidates: list[Path] = []
-    notes: list[str] = []
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        if path.is_dir():
-            children = sorted(p for p in path.iterdir() if not p.name.startswith((".", "_")))
-            entries = [p for p in children if p.is_dir() or p.suffix.lower() in SUBMISSION_SUFFIXES]
-            ignored = [p.name for p in children if p not in entries]
-            if ignored:
-                notes.append(f"ignored {len(ignored)} entries of {path} that are not submissions: {', '.join(ignored[:5])}")
-            if not entries:
-                raise ValueError(f"{path} holds no submissions (.ipynb, .py, .zip or one folder per student)")
-            candidates += entries
-        else:
-            candidates.append(path)
-    result, collisions = assign_ids(candidates, id_pattern)
-    return result, notes + collisions
-
-
-COLLISION_MARK = "two submissions map to student id"
-
-
-def assign_ids(paths: list[Path], id_pattern: str | None = None) -> tuple[list[Entry], list[str]]:
-    """A distinct student id for each path, and a message for each id claimed twice.
-
-    Ids are compared as folder names are on a case-insensitive file system, after safe_id; a later
-    claimant gets `<id>-2`, `-3`... skipping every id another path maps to, so that it can never take
-    a real student's id (or overwrite their report)."""
-    bases = [student_id_from_name(path, id_pattern) for path in paths]
-    claimed = {safe_id(base).casefold() for base in bases}
-    used: set[str] = set()
-    entries, collisions = [], []
-    for path, base in zip(paths, bases, strict=True):
-        student = base
-        if student.casefold() in used:
-            number = 2
-            while (student := safe_id(f"{base}-{number}")).casefold() in used | claimed:
-                number += 1
-            collisions.append(f"{COLLISION_MARK} {base!r}: {path.name} is graded as {student!r}; check the "
-                              "file names (or --id-pattern) before uploading grades")
-        used.add(student.casefold())
-        entries.append(Entry(student, path))
-    return entries, collisions
 
 
 def _lock(handle, unlock: bool = False) -> None:
