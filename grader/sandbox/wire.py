@@ -126,14 +126,15 @@ def write_message(fd: Pipe, header: dict, arrays: dict[str, np.ndarray] | None =
             data = data[_write_some(fd, data[:CHUNK], deadline):]
 
 
-def _read_some(fd: Pipe, into: memoryview, deadline: Deadline) -> int:
+def _read_some(fd: Pipe, into: memoryview, deadline: Deadline) -> int | None:
+    """Bytes read into `into`: 0 at the end of the pipe, None when a non-blocking pipe had none after all."""
     if not isinstance(fd, int):
         chunk = fd.read(len(into), deadline)
         into[: len(chunk)] = chunk
         return len(chunk)
     _wait(fd, deadline, False, READ_TIMEOUT)
     with io.FileIO(fd, "rb", closefd=False) as file:  # readinto: no copy (os.readv is not on Windows)
-        return file.readinto(into) or 0
+        return file.readinto(into)
 
 
 def _read_exact(fd: Pipe, size: int, deadline: Deadline) -> np.ndarray:
@@ -142,7 +143,9 @@ def _read_exact(fd: Pipe, size: int, deadline: Deadline) -> np.ndarray:
     view = memoryview(buffer)
     while view:
         count = _read_some(fd, view[:CHUNK], deadline)
-        if not count:
+        if count is None:
+            continue
+        if count == 0:
             raise EOFError("the other side closed the channel")
         view = view[count:]
     return buffer

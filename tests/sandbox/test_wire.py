@@ -71,3 +71,17 @@ def test_widen_makes_a_pipe_hold_a_chunk():
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_a_non_blocking_pipe_that_is_empty_for_a_moment_is_waited_on_not_taken_for_its_end():
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    writer = threading.Timer(0.1, wire.write_message, args=(write_fd, {"op": "late"}, {"a": np.arange(3.0)}))
+    try:
+        writer.start()
+        header, arrays = wire.read_message(read_fd, deadline=None)  # no select(): read at once, and again
+        assert header == {"op": "late"} and arrays["a"].tolist() == [0.0, 1.0, 2.0]
+    finally:
+        writer.join()
+        os.close(read_fd)
+        os.close(write_fd)
