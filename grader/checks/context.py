@@ -47,7 +47,9 @@ class Built:
     handle: str
     params: list[Param]
     modules: list[dict]
-    weights: str = "initial"  # "initial", "random:<seed>" or "custom": skips redundant requests
+    # "initial", "random:<seed>:<std>", "custom", or "unknown" (a request that changes them failed, or is under
+    # way): skips redundant requests.
+    weights: str = "initial"
     # While weights == "custom": a copy of each value set_params put in the worker, so it is not sent again.
     held: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
