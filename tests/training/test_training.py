@@ -313,3 +313,31 @@ def test_quick_recipe_learns_digits_and_a_correct_model_passes_clearly(digits, t
     assert details["accuracy_source"] == "reference"
     assert details["precision"] in ("float32", "bfloat16")
     assert "attention.png" in report.attachments
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_reference_that_cannot_clear_chance_is_no_verdict_and_calibrate_refuses_it(digits, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """The recipe as it was (4 epochs counted, 40 steps on 1,260 digits): the reference stays near chance."""
+    import tomlkit
+
+    from grader.cli import main
+    from grader.rubric import DEFAULT_RUBRIC
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weak = {"min_steps": 0, "augment": True}
+    report = grade_submission(EXAMPLES / "s1002_separate_qkv.py", rubric=_digits_rubric(weak), accuracy="quick",
+                              data_dir=digits, threads=1)
+    check = report.check("train.accuracy")
+    assert check.status == "error" and check.fault == "grader", check.message
+    assert "no verdict on your model: the reference itself reaches only" in check.message
+    assert f"chance: {check.details['chance']:.1%}" in check.message
+    assert report.score == report.max_score == 2  # the grader's fault costs no points
+    document = tomlkit.parse(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
+    document["accuracy"]["quick"]["recipe"].update(weak)
+    rubric = tmp_path / "weak.toml"
+    rubric.write_text(tomlkit.dumps(document), encoding="utf-8")
+    assert main(["calibrate", "--accuracy", "quick", "--seeds", "2", "--rubric", str(rubric),
+                 "--data-dir", str(digits)]) == 2
+    assert "refused: the reference itself reaches only" in capsys.readouterr().err
